@@ -1,0 +1,282 @@
+"""The offset dump format: one ``.npz`` file per evaluated image.
+
+Layout of ``<dump_dir>/<img_id>.npz`` (an uncompressed numpy ``.npz``, readable with ``np.load``)::
+
+    __meta__                   0-d unicode array holding a JSON object (see below)
+    <layer>/<component>        one array per recorded field of each layer
+
+``__meta__`` holds ``format`` ("deform-viz-offsets"), ``version`` (1), the image
+(``img_id``, ``img_path``, ``ori_shape`` [h, w], ``img_shape`` [h, w] after resizing,
+``pad_shape``, ``batch_input_shape``, ``scale_factor`` [sx, sy] as mmdet, ``flip``,
+``flip_direction``), ``dtype`` and ``layers``: for each layer name a dict with ``type`` (class
+name), ``variant``, ``kernel_size``, ``stride``, ``padding``, ``dilation`` (pairs),
+``deform_groups``, ``input_stride`` / ``output_stride`` (the layer's input / output feature map
+stride on the network input image, ints), ``shape`` [H, W] of the stored (cropped) output grid,
+``components`` (the stored component names) and, for Deformable Kernels, ``mode`` and ``scope``.
+
+Components (G = deform groups, KK = kh * kw kernel taps, tap n = i * kw + j):
+
+============== ================== =====================================================
+component      shape              meaning
+============== ================== =====================================================
+offset         (G, KK, 2, H, W)   offsets as predicted by the layer (dy, dx)
+offset_used    (G, KK, 2, H, W)   offsets the layer samples with (d_f-/d_k-only layers)
+mask           (G, KK, H, W)      modulation scalars after the sigmoid (DCNv2)
+kernel_offset  (KK, 2, H, W)      Deformable Kernels, local: offsets in scope cells
+               (KK, 2)            Deformable Kernels, global (one set per image)
+d_f            (G, 2, H, W)       mean of ``offset`` over the kernel taps
+d_k            (G, KK, 2, H, W)   ``offset`` minus ``d_f``
+divergence     (G, H, W)          divergence of ``d_f`` (central differences)
+============== ================== =====================================================
+
+Data offsets are in pixels of the layer's *input* feature map, dy before dx. Fields cover the
+image's valid region only: output cells ``ceil(img_shape / output_stride)`` (padding removed).
+When ``flip`` is true the fields are in the flipped image's frame, as the network saw them.
+
+Files are published atomically (a temporary file in the same directory, then a rename or a hard
+link), so a reader never sees a partial file and an interrupted writer leaves only complete ones.
+"""
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Union
+
+import numpy as np
+
+__all__ = [
+    'FORMAT_NAME', 'FORMAT_VERSION', 'COMPONENTS', 'OffsetDumpError', 'LayerFields', 'OffsetDump',
+    'write_offset_dump', 'load_offset_dump', 'iter_offset_dumps', 'offset_dump_paths',
+    'offset_dump_path'
+]
+
+FORMAT_NAME = 'deform-viz-offsets'
+FORMAT_VERSION = 1
+META_KEY = '__meta__'
+SUFFIX = '.npz'
+COMPONENTS = ('offset', 'offset_used', 'mask', 'kernel_offset', 'd_f', 'd_k', 'divergence')
+IMAGE_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip')
+LAYER_KEYS = ('type', 'variant', 'kernel_size', 'dilation', 'deform_groups', 'input_stride',
+              'output_stride', 'shape', 'components')
+
+PathLike = Union[str, os.PathLike]
+
+
+class OffsetDumpError(ValueError):
+    """A file is not a readable offset dump (truncated, foreign or inconsistent)."""
+
+    def __init__(self, path: PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f'{self.path}: {problem}')
+
+
+@dataclass
+class LayerFields:
+    """The fields of one layer in one dump: ``arrays`` maps component name to a float32 array."""
+    name: str
+    info: dict
+    arrays: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getitem__(self, component: str) -> np.ndarray:
+        try:
+            return self.arrays[component]
+        except KeyError:
+            raise KeyError(f'layer {self.name!r} has no {component!r} in this dump; '
+                           f'stored: {sorted(self.arrays)}') from None
+
+
+@dataclass
+class OffsetDump:
+    """One image's dump: ``meta`` is the JSON metadata, ``layers`` maps layer name to fields."""
+    path: Path
+    meta: dict
+    layers: Dict[str, LayerFields]
+
+    @property
+    def img_id(self):
+        return self.meta['img_id']
+
+    def __getitem__(self, layer: str) -> LayerFields:
+        try:
+            return self.layers[layer]
+        except KeyError:
+            raise KeyError(f'{self.path} has no layer {layer!r}; layers: {list(self.layers)}') from None
+
+
+def expected_shape(component: str, info: Mapping) -> tuple:
+    """The array shape a layer's metadata implies for ``component``."""
+    groups = int(info['deform_groups'])
+    taps = int(np.prod(info['kernel_size']))
+    height, width = (int(v) for v in info['shape'])
+    if component in ('offset', 'offset_used', 'd_k'):
+        return (groups, taps, 2, height, width)
+    if component == 'mask':
+        return (groups, taps, height, width)
+    if component == 'd_f':
+        return (groups, 2, height, width)
+    if component == 'divergence':
+        return (groups, height, width)
+    if component == 'kernel_offset':
+        return (taps, 2) if info.get('mode') == 'global' else (taps, 2, height, width)
+    raise KeyError(component)
+
+
+def _check(path: PathLike, meta, arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise OffsetDumpError unless ``meta`` and ``arrays`` form a consistent dump."""
+    if not isinstance(meta, dict):
+        raise OffsetDumpError(path, f'metadata is a {type(meta).__name__}, not a JSON object')
+    if meta.get('format') != FORMAT_NAME:
+        raise OffsetDumpError(path, f'not a deform-viz offset dump (format {meta.get("format")!r}, '
+                              f'expected {FORMAT_NAME!r})')
+    version = meta.get('version')
+    if version != FORMAT_VERSION:
+        raise OffsetDumpError(path, f'format version {version!r} is not supported by this '
+                              f'deform-viz (reads version {FORMAT_VERSION})')
+    missing = [k for k in IMAGE_KEYS + ('layers', ) if k not in meta]
+    if missing:
+        raise OffsetDumpError(path, f'metadata lacks {missing}')
+    layers = meta['layers']
+    if not isinstance(layers, dict):
+        raise OffsetDumpError(path, '"layers" in the metadata is not an object')
+    described = set()
+    for name, info in layers.items():
+        if not isinstance(info, dict):
+            raise OffsetDumpError(path, f'layer {name!r}: metadata is not an object')
+        missing = [k for k in LAYER_KEYS if k not in info]
+        if missing:
+            raise OffsetDumpError(path, f'layer {name!r}: metadata lacks {missing}')
+        for component in info['components']:
+            key = f'{name}/{component}'
+            described.add(key)
+            if component not in COMPONENTS:
+                raise OffsetDumpError(path, f'layer {name!r}: unknown component {component!r}')
+            if key not in arrays:
+                raise OffsetDumpError(path, f'array {key!r} is missing')
+            try:
+                want = expected_shape(component, info)
+            except (TypeError, ValueError) as e:
+                raise OffsetDumpError(path, f'layer {name!r}: malformed metadata ({e})') from None
+            got = tuple(arrays[key].shape)
+            if got != want:
+                raise OffsetDumpError(path, f'array {key!r} has shape {got}, its layer metadata '
+                                      f'implies {want}')
+            if arrays[key].dtype.kind != 'f':
+                raise OffsetDumpError(path, f'array {key!r} has dtype {arrays[key].dtype}, '
+                                      'expected floating point')
+    extra = sorted(set(arrays) - described - {META_KEY})
+    if extra:
+        raise OffsetDumpError(path, f'arrays not described by the metadata: {extra}')
+
+
+def write_offset_dump(path: PathLike,
+                      meta: dict,
+                      arrays: Mapping[str, np.ndarray],
+                      exclusive: bool = False) -> Optional[int]:
+    """Write one image's dump to ``path`` atomically; returns the file size in bytes.
+
+    ``meta`` is the metadata without ``format``/``version`` (added here); ``arrays`` maps
+    ``'<layer>/<component>'`` to arrays, which must match the shapes ``meta['layers']`` implies
+    (checked before anything is written). The file is written under a temporary name in the same
+    directory, then renamed. With ``exclusive=True`` it is published with a hard link instead, which
+    fails when ``path`` exists: then nothing is changed and ``None`` is returned (used so that two
+    writers never both publish the same image).
+    """
+    path = Path(path)
+    meta = {'format': FORMAT_NAME, 'version': FORMAT_VERSION, **meta}
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    if META_KEY in arrays:
+        raise OffsetDumpError(path, f'{META_KEY!r} is reserved for the metadata')
+    _check(path, meta, arrays)
+    try:
+        meta_json = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise OffsetDumpError(path, f'metadata is not JSON-serialisable ({e})') from None
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            np.savez(f, **{META_KEY: np.array(meta_json)}, **arrays)
+            size = f.tell()
+        if not exclusive:
+            os.replace(tmp, path)
+            return size
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        except OSError:  # file systems without hard links: rename, the check above is best effort
+            if path.exists():
+                return None
+            os.replace(tmp, path)
+        return size
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_offset_dump(path: PathLike) -> OffsetDump:
+    """Read and validate one dump file; raises OffsetDumpError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'offset dump {path} does not exist')
+    with open(path, 'rb') as f:
+        magic = f.read(4)
+    if magic != b'PK\x03\x04':
+        what = 'is empty' if not magic else f'starts with {magic!r}, not the zip signature of an .npz'
+        raise OffsetDumpError(path, f'not an offset dump: the file {what}')
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if META_KEY not in npz.files:
+                raise OffsetDumpError(path, f'no {META_KEY!r} entry: not a deform-viz offset dump '
+                                      f'(entries: {npz.files[:5]})')
+            meta_array = npz[META_KEY]
+            if meta_array.dtype.kind != 'U' or meta_array.ndim != 0:
+                raise OffsetDumpError(path, f'{META_KEY!r} is not a JSON string')
+            try:
+                meta = json.loads(str(meta_array))
+            except ValueError as e:
+                raise OffsetDumpError(path, f'metadata is not valid JSON ({e})') from None
+            arrays = {k: npz[k] for k in npz.files if k != META_KEY}
+    except OffsetDumpError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as e:
+        raise OffsetDumpError(path, f'cannot be read as an .npz file, truncated or corrupt '
+                              f'({type(e).__name__}: {e})') from None
+    _check(path, meta, arrays)
+    layers = {}
+    for name, info in meta['layers'].items():
+        layers[name] = LayerFields(
+            name, info,
+            {c: arrays[f'{name}/{c}'].astype(np.float32, copy=False) for c in info['components']})
+    return OffsetDump(path, meta, layers)
+
+
+def _sort_key(path: Path):
+    stem = path.name[:-len(SUFFIX)]
+    return (0, int(stem), '') if stem.isdigit() else (1, 0, stem)
+
+
+def offset_dump_paths(dump_dir: PathLike) -> List[Path]:
+    """The dump files in ``dump_dir``, sorted by image id (numerically when ids are integers)."""
+    dump_dir = Path(dump_dir)
+    if not dump_dir.is_dir():
+        raise FileNotFoundError(f'offset dump directory {dump_dir} does not exist')
+    paths = [p for p in dump_dir.iterdir()
+             if p.name.endswith(SUFFIX) and not p.name.startswith('.') and p.is_file()]
+    return sorted(paths, key=_sort_key)
+
+
+def iter_offset_dumps(dump_dir: PathLike) -> Iterator[OffsetDump]:
+    """Load every dump in ``dump_dir`` in image-id order (one file in memory at a time)."""
+    for path in offset_dump_paths(dump_dir):
+        yield load_offset_dump(path)
+
+
+def offset_dump_path(dump_dir: PathLike, img_id) -> Path:
+    """Where the dump of image ``img_id`` lives in ``dump_dir`` (ids are made file-name safe)."""
+    name = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(img_id)).lstrip('.')
+    if not name:
+        raise ValueError(f'image id {img_id!r} gives an empty file name')
+    return Path(dump_dir) / f'{name}{SUFFIX}'
