@@ -1,0 +1,45 @@
+# Faster R-CNN on the embedded synthetic dataset, sized for CPU: a Bottleneck ResNet-50 with
+# base_channels=16 (a quarter of the usual widths), FPN with 64 channels, trained from scratch.
+_base_ = [
+    'mmdet::_base_/models/faster-rcnn_r50_fpn.py',
+    '../_base_/datasets/synthetic_shapes.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['deform_viz'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        base_channels=16,
+        frozen_stages=-1,  # trained from scratch: nothing to freeze,
+        norm_eval=False,   # and BN statistics must be learned
+        init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    rpn_head=dict(
+        in_channels=64,
+        feat_channels=64,
+        anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)))
+
+max_epochs = 12
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001),
+    clip_grad=dict(max_norm=10, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1),
+    visualization=dict(type='DetVisualizationHook', draw=False))
+log_processor = dict(window_size=10)
+env_cfg = dict(dist_cfg=dict(backend='gloo'))  # CPU-friendly; GPU users may switch to nccl
+randomness = dict(seed=0)

@@ -1,0 +1,54 @@
+"""Evaluate a checkpoint with an mmdet config; deform_viz is imported so its layers and hooks resolve.
+
+Same arguments as mmdet's tools/test.py:
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR]
+                                            [--cfg-options k=v ...] [--launcher ...]
+"""
+import argparse
+import os
+
+from mmengine.config import DictAction
+
+import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
+from deform_viz.engine import allow_mmengine_checkpoints, build_runner, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument('--show-dir', help='save painted predictions to work_dir/timestamp/SHOW_DIR')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value pairs, e.g. '
+                        'model.backbone.dcn.type=DKOnlyDCN')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        args.show, args.wait_time = False, 0
+        cfg = trigger_visualization_hook(cfg, args)
+    allow_mmengine_checkpoints()
+    runner = build_runner(cfg)
+    if args.out is not None:
+        from mmdet.evaluation import DumpDetResults
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must name a .pkl file, got {args.out}')
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
