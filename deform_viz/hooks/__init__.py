@@ -1,1 +1,4 @@
+"""Runner hooks: ``OffsetDumpHook`` records offset fields during val/test (registered in mmengine's HOOKS)."""
+from .offset_dump_hook import OffsetDumpHook
 
+__all__ = ['OffsetDumpHook']
