@@ -3,6 +3,7 @@
 Same arguments as mmdet's tools/test.py:
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR]
                                             [--cfg-options k=v ...] [--launcher ...]
+plus ``--dump-offsets DIR [--dump-options k=v ...]`` to record offset fields (OffsetDumpHook).
 """
 import argparse
 import os
@@ -23,10 +24,18 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs, e.g. '
                         'model.backbone.dcn.type=DKOnlyDCN')
+    parser.add_argument('--dump-offsets', metavar='DIR',
+                        help='record the offset fields of the deformable layers into DIR, one .npz '
+                        'per image (OffsetDumpHook; format in deform_viz/dump.py)')
+    parser.add_argument('--dump-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='OffsetDumpHook options, e.g. max_images=100 layers=backbone.layer4.* '
+                        'components=d_f,divergence dtype=float32 max_bytes=20GB resume=True')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.dump_options and not args.dump_offsets:
+        parser.error('--dump-options needs --dump-offsets DIR')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -35,6 +44,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
+    if args.dump_offsets:
+        from deform_viz.hooks import add_offset_dump_hook
+        add_offset_dump_hook(cfg, args.dump_offsets, **(args.dump_options or {}))
     if args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         args.show, args.wait_time = False, 0
