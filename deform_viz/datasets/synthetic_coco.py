@@ -63,9 +63,11 @@ class GenerationArgs:
     max_object_fraction: float
 
     def __post_init__(self):
-        for name in ('num_train', 'num_val', 'max_objects'):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int('seed', self.seed, minimum=0)
+        for name, minimum in (('num_train', 1), ('num_val', 1), ('max_objects', 1), ('seed', 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
+            object.__setattr__(self, name, int(value))  # plain ints for the JSON info section
         size = self.image_size
         if (not isinstance(size, (tuple, list)) or len(size) != 2
                 or not all(_is_int(side) and side >= MIN_IMAGE_SIDE for side in size)):
@@ -99,11 +101,6 @@ class GenerationArgs:
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
 def make_synthetic_coco(out_dir: Union[str, os.PathLike],
@@ -172,9 +169,10 @@ def _load_if_complete(root: Path, args: GenerationArgs) -> Optional[Dict[str, di
             coco = json.loads(annotation_file(root, split).read_text())
         except (OSError, ValueError):
             return None
-        if coco.get('info') != _info(args, split):
+        images = coco.get('images', [])
+        if coco.get('info') != _info(args, split) or len(images) != args.num_images(split):
             return None
-        if not all((root / split / image['file_name']).is_file() for image in coco['images']):
+        if not all((root / split / image['file_name']).is_file() for image in images):
             return None
         datasets[split] = coco
     return datasets

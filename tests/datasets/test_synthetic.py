@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from deform_viz.datasets import SYNTHETIC_CLASSES, make_synthetic_coco
+from deform_viz.datasets import SYNTHETIC_CLASSES, SYNTHETIC_METAINFO, make_synthetic_coco
 from deform_viz.datasets.__main__ import main as cli_main
 from deform_viz.datasets.shapes import polygon_area
 
@@ -34,6 +34,7 @@ def test_layout_and_summary(dataset):
     root, summary = dataset
     assert not summary['reused']
     assert summary['classes'] == SYNTHETIC_CLASSES
+    assert len(SYNTHETIC_METAINFO['palette']) == len(SYNTHETIC_METAINFO['classes']) == len(SYNTHETIC_CLASSES)
     for split, num_images in (('train', SMALL['num_train']), ('val', SMALL['num_val'])):
         stats = summary['splits'][split]
         coco = json.loads(Path(stats['ann_file']).read_text())
@@ -107,7 +108,7 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
     assert first.keys() == other.keys()
     assert all(first[name] != other[name] for name in first)
     # an image depends on (seed, split, index) only, not on how many images are made
-    more = make_synthetic_coco(tmp_path / 'd', seed=5, **{**TINY, 'num_train': 3})
+    more = make_synthetic_coco(tmp_path / 'd', seed=np.int64(5), **{**TINY, 'num_train': np.int32(3)})
     assert (Path(more['out_dir']) / 'train/000002.png').read_bytes() == first['train/000002.png']
 
 
