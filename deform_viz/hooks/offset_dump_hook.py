@@ -10,6 +10,7 @@ predictors), keeps the predictor outputs of each batch (nothing is recomputed), 
 forward hooks are removed after the epoch; a runner without this hook pays nothing.
 """
 import fnmatch
+import json
 import logging
 import math
 import os
@@ -107,6 +108,13 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def _file_size_bound(meta: dict, arrays: Dict[str, np.ndarray]) -> int:
+    """An upper bound of the .npz size: data, a <=256-byte npy header per array, zip64 entries."""
+    entries = [(key, a.nbytes) for key, a in arrays.items()]
+    entries.append(('__meta__', 4 * (len(json.dumps(meta)) + 64)))
+    return sum(nbytes + 256 + 2 * (len(key) + 4) + 2 * 50 + 40 for key, nbytes in entries) + 100
 
 
 class _Recorder:
@@ -450,6 +458,13 @@ class OffsetDumpHook(Hook):
             self.multi_call_warned = True
             self._log('a layer ran more than once for one batch (test-time augmentation?); '
                       'only its first call is dumped', 'WARNING')
+        for recorder in self._recorders:
+            ran = recorder.offset_out
+            if ran is not None and ran.shape[0] != len(samples):
+                raise RuntimeError(
+                    f'OffsetDumpHook: layer {recorder.name!r} ran on a batch of {ran.shape[0]} '
+                    f'images but the batch has {len(samples)} data samples; this model does not '
+                    'run its backbone once per batch, which the hook needs')
         dtype = DTYPES[self.dtype]
         for index, sample in enumerate(samples):
             position = self._position()
@@ -476,7 +491,7 @@ class OffsetDumpHook(Hook):
                 arrays.update(layer_arrays)
             meta['layers'] = layers
             if self.budget_left is not None:
-                estimate = sum(a.nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
+                estimate = _file_size_bound(meta, arrays)
                 if estimate > self.budget_left:
                     self.budget_hit = True
                     self._log(f'byte budget reached (max_bytes={self.max_bytes}, '
