@@ -251,7 +251,7 @@ def render_image(rng: np.random.Generator, args: GenerationArgs) -> Tuple[np.nda
     """
     height, width = args.image_size
     background = random_background(rng, height, width)
-    canvas = Image.fromarray(background.astype(np.uint8))
+    canvas = Image.fromarray(background)
     objects = []
     for class_index, polygon in _place_objects(rng, _sample_objects(rng, args), height, width):
         polygon = np.round(polygon, 2)
