@@ -1,0 +1,249 @@
+"""One dumped layer as data: the offsets a layer used, and everything derived from them.
+
+:class:`LayerOffsets` wraps the arrays of one layer of one dump (see ``deform_viz.dump``), picks
+the offsets the convolution actually sampled with, and computes the quantities of the
+"revisiting" paper (d_f, d_k, divergence, kernel extent) and the DCN paper (effective dilation,
+sampling positions) through ``deform_viz.ops.offset_fields``, in input-map pixels and, via
+:class:`~deform_viz.analysis.geometry.FeatureGeometry`, in original-image pixels.
+"""
+import fnmatch
+import os
+from functools import cached_property
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..ops import offset_fields as of
+from .geometry import FeatureGeometry
+
+
+class OffsetInputError(ValueError):
+    """A dump, a layer choice or an annotation file cannot be used as asked."""
+
+
+class LayerNotFoundError(OffsetInputError):
+    """No dumped layer matches the requested name or pattern."""
+
+
+_GLOB_CHARS = set('*?[')
+
+
+def match_layers(names: Iterable[str], patterns: Optional[Union[str, Sequence[str]]] = None,
+                 where: str = 'the dump') -> List[str]:
+    """Layer names matching any of ``patterns`` (shell globs), in the given order.
+
+    A pattern without glob characters matches names that contain it, so ``layer3`` selects
+    ``backbone.layer3.0.conv2`` and friends. ``None`` selects every layer.
+    """
+    names = list(names)
+    if patterns is None:
+        return names
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    globs = [p if _GLOB_CHARS & set(p) else f'*{p}*' for p in patterns]
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    if not chosen:
+        listing = ', '.join(names) if names else '(none)'
+        raise LayerNotFoundError(f'no layer of {where} matches {list(patterns)}; its layers are: {listing}')
+    return chosen
+
+
+def dump_files(path: str) -> List[str]:
+    """The dump files at ``path``: the file itself, or every ``*.npz`` in a directory (sorted)."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'offset dump {path!r} does not exist (expected a .npz file or a directory of them)')
+    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith('.npz')]
+    if not files:
+        raise OffsetInputError(f'directory {path!r} holds no offset dumps (*.npz); '
+                               f'make them with tools/test.py CONFIG CHECKPOINT --dump-offsets DIR')
+
+    def key(f):
+        stem = os.path.basename(f)[:-4]
+        return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
+    return sorted(files, key=key)
+
+
+def iter_dumps(path: str, image_ids: Optional[Sequence] = None, max_images: Optional[int] = None) -> Iterator:
+    """Load the dumps at ``path`` one by one (optionally only some image ids / the first N)."""
+    from ..dump import load_offset_dump
+    files = dump_files(path)
+    if image_ids is not None:
+        wanted = {str(i) for i in image_ids}
+        by_stem = {os.path.basename(f)[:-4]: f for f in files}
+        missing = sorted(wanted - set(by_stem))
+        if missing:
+            raise OffsetInputError(f'no dump for image id(s) {", ".join(missing)} in {path!r}; '
+                                   f'it has {len(by_stem)} dump(s), e.g. {", ".join(list(by_stem)[:5])}')
+        files = [f for f in files if os.path.basename(f)[:-4] in wanted]
+    if max_images is not None:
+        files = files[:max_images]
+    for f in files:
+        yield load_offset_dump(f)
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+
+
+class LayerOffsets:
+    """The offsets one layer used on one image, with derived fields.
+
+    Args:
+        name: layer name (module path).
+        info: the layer's metadata from the dump.
+        arrays: component -> array as loaded (``offset`` (G, K*K, 2, H, W), optional
+            ``offset_used``, ``mask``).
+        meta: the image metadata of the dump.
+        source: ``'used'`` (default) takes ``offset_used`` when the layer kept only d_f or d_k
+            and ``offset`` otherwise; ``'predicted'`` always takes ``offset``.
+
+    Arrays are numpy float64; shapes use G deform groups, K*K taps and the (H, W) grid.
+    Quantities named ``*_image`` are in original-image pixels, the rest in input-map pixels.
+    """
+
+    def __init__(self, name: str, info: dict, arrays: dict, meta: dict, source: str = 'used'):
+        if source not in ('used', 'predicted'):
+            raise ValueError(f"source must be 'used' or 'predicted', got {source!r}")
+        self.name, self.info, self.meta, self.source = name, dict(info), meta, source
+        key = 'offset_used' if source == 'used' and 'offset_used' in arrays else 'offset'
+        if key not in arrays:
+            raise OffsetInputError(
+                f'layer {name!r} ({info.get("variant", info.get("type", "?"))}) has no data offsets '
+                f'in the dump (components: {sorted(arrays)}); figures and statistics need an '
+                f"'offset' array (deformable-kernel layers without deform_data only have kernel offsets)")
+        fields = np.asarray(arrays[key], dtype=np.float64)
+        if fields.ndim != 5 or fields.shape[2] != 2:
+            raise OffsetInputError(f'layer {name!r}: {key!r} has shape {fields.shape}, expected (G, K*K, 2, H, W)')
+        self.kernel_size = tuple(int(v) for v in np.broadcast_to(info.get('kernel_size', 3), (2,)))
+        if fields.shape[1] != self.kernel_size[0] * self.kernel_size[1]:
+            raise OffsetInputError(f'layer {name!r}: {key!r} has {fields.shape[1]} taps but kernel_size '
+                                   f'{self.kernel_size} needs {self.kernel_size[0] * self.kernel_size[1]}')
+        self.dilation = tuple(int(v) for v in np.broadcast_to(info.get('dilation', 1), (2,)))
+        self.component = key
+        self.fields = fields
+        self.mask = None if 'mask' not in arrays else np.asarray(arrays['mask'], dtype=np.float64)
+        self.geometry = FeatureGeometry.from_meta(meta, dict(info, name=name), fields.shape[-2:])
+
+    @classmethod
+    def from_dump(cls, dump, layer: str, source: str = 'used') -> 'LayerOffsets':
+        """The layer named ``layer`` of a loaded dump (``deform_viz.dump.OffsetDump``)."""
+        if layer not in dump.layers:
+            raise LayerNotFoundError(f'{dump.path}: no layer {layer!r}; its layers are: {", ".join(dump.layers) or "(none)"}')
+        fields = dump.layers[layer]
+        return cls(layer, fields.info, fields.arrays, dump.meta, source=source)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def image_id(self):
+        return self.meta.get('img_id')
+
+    @property
+    def num_groups(self) -> int:
+        return self.fields.shape[0]
+
+    @property
+    def grid_shape(self):
+        return self.fields.shape[-2:]
+
+    def describe(self) -> str:
+        """Short label for titles: layer, variant, strides."""
+        s_in, s_out = self.geometry.input_stride, self.geometry.output_stride
+        fmt = lambda s: f'{s[0]:g}' if s[0] == s[1] else f'{s[0]:g}x{s[1]:g}'  # noqa: E731
+        variant = self.info.get('variant') or self.info.get('type', '')
+        return f'{self.name} ({variant}, stride {fmt(s_in)}->{fmt(s_out)})'
+
+    # ------------------------------------------------------------------ input-pixel quantities
+    @cached_property
+    def _t(self) -> torch.Tensor:
+        return _to_torch(self.fields)
+
+    @cached_property
+    def d_f(self) -> np.ndarray:
+        """Mean offset over taps (paper Eq. 2), (G, 2, H, W)."""
+        return of.offset_df(self._t).numpy()
+
+    @cached_property
+    def d_k(self) -> np.ndarray:
+        """Offsets minus d_f (Eq. 3), (G, K*K, 2, H, W)."""
+        return of.offset_dk(self._t).numpy()
+
+    @cached_property
+    def divergence(self) -> np.ndarray:
+        """Divergence of d_f (Eq. 4), (G, H, W), input pixels per output cell."""
+        return of.divergence(of.offset_df(self._t)).numpy()
+
+    @cached_property
+    def extent(self):
+        """(width, height) of each deformed kernel, each (G, H, W), input pixels."""
+        w, h = of.kernel_extent(self._t, self.kernel_size, self.dilation)
+        return w.numpy(), h.numpy()
+
+    @cached_property
+    def effective_dilation(self) -> np.ndarray:
+        """Mean distance between adjacent sampling points (DCN paper), (G, H, W), input pixels."""
+        return of.effective_dilation(self._t, self.kernel_size, self.dilation).numpy()
+
+    @cached_property
+    def sampling_offsets(self) -> np.ndarray:
+        """Sampling positions relative to each location's centre, (G, K*K, 2, H, W), input pixels."""
+        return of.sampling_positions(self._t, self.kernel_size, self.dilation).numpy()
+
+    # ------------------------------------------------------------------ image-pixel quantities
+    @cached_property
+    def d_f_image(self) -> np.ndarray:
+        """d_f as displacements on the original image, (G, 2, H, W) (dy, dx) in image pixels."""
+        dy, dx = self.geometry.vectors_to_image(self.d_f[:, 0], self.d_f[:, 1])
+        return np.stack([dy, dx], axis=1)
+
+    @cached_property
+    def radius_image(self) -> np.ndarray:
+        """Fig. 3 radius sqrt(width * height) in original-image pixels, (G, H, W); 0 where folded."""
+        width, height = self.extent
+        h_img, w_img = self.geometry.lengths_to_image(height, width)
+        return np.sqrt(np.clip(w_img * h_img, 0, None))
+
+    @cached_property
+    def rigid_radius_image(self) -> float:
+        """The radius a rigid (zero-offset) kernel of this layer has, in original-image pixels."""
+        zero = torch.zeros((1, self.fields.shape[1], 2, 1, 1), dtype=torch.float64)
+        w, h = of.kernel_extent(zero, self.kernel_size, self.dilation)
+        h_img, w_img = self.geometry.lengths_to_image(h.item(), w.item())
+        return float(np.sqrt(max(w_img * h_img, 0.0)))
+
+    @cached_property
+    def sampling_image(self) -> np.ndarray:
+        """Absolute sampling positions on the original image, (G, K*K, 2, H, W) as (y, x)."""
+        rows, cols = np.meshgrid(np.arange(self.grid_shape[0]), np.arange(self.grid_shape[1]), indexing='ij')
+        cy, cx = self.geometry.grid_to_input(rows, cols)
+        y_in = self.sampling_offsets[:, :, 0] + cy
+        x_in = self.sampling_offsets[:, :, 1] + cx
+        y, x = self.geometry.input_to_image(y_in, x_in)
+        return np.stack([y, x], axis=2)
+
+    @cached_property
+    def cell_centres_image(self):
+        """(y, x), each (H, W): cell centres on the original image."""
+        return self.geometry.cell_centres()
+
+
+def layer_offsets(dump, patterns=None, source: str = 'used', skip_without_offsets: bool = False) -> List[LayerOffsets]:
+    """:class:`LayerOffsets` for the layers of ``dump`` matching ``patterns``.
+
+    With ``skip_without_offsets``, layers that have no data offsets (pure deformable-kernel
+    layers) are left out instead of raising, unless that leaves nothing.
+    """
+    names = match_layers(dump.layers, patterns, where=str(dump.path))
+    out, skipped = [], []
+    for name in names:
+        try:
+            out.append(LayerOffsets.from_dump(dump, name, source=source))
+        except OffsetInputError as e:
+            if not skip_without_offsets or 'has no data offsets' not in str(e):
+                raise
+            skipped.append(str(e))
+    if not out:
+        raise OffsetInputError('none of the selected layers has data offsets:\n' + '\n'.join(skipped))
+    return out

@@ -1,0 +1,82 @@
+"""Render a dump's figures: which figures exist, saving them reproducibly, turning them into arrays."""
+import os
+import re
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..analysis.fields import LayerOffsets, layer_offsets
+from .figures import plot_df_divergence, plot_dk_extent, plot_kernel_point_fields, plot_sampling_locations
+from .image import load_image
+
+#: figure kind -> (function, needs the image). Kinds are the file-name suffixes too.
+FIGURES: Dict[str, Tuple[Callable, bool]] = {
+    'kernel_points': (plot_kernel_point_fields, False),   # Fig. 1
+    'df_divergence': (plot_df_divergence, True),          # Fig. 2
+    'dk_extent': (plot_dk_extent, True),                  # Fig. 3
+    'sampling': (plot_sampling_locations, True),          # DCN Fig. 5/6
+}
+FORMATS = ('png', 'pdf')
+
+
+def check_kinds(kinds: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    if kinds is None:
+        return tuple(FIGURES)
+    unknown = [k for k in kinds if k not in FIGURES]
+    if unknown:
+        raise ValueError(f'unknown figure kind(s) {unknown}; choose from {list(FIGURES)}')
+    return tuple(kinds)
+
+
+def render_layer(layer: LayerOffsets, kind: str, image: Optional[np.ndarray] = None, **kwargs) -> Figure:
+    """One figure of ``kind`` (see :data:`FIGURES`) for a layer; ``image`` None = blank canvas."""
+    function, uses_image = FIGURES[check_kinds([kind])[0]]
+    if uses_image:
+        return function(layer, image=image, **kwargs)
+    return function(layer, **kwargs)
+
+
+def render_dump(dump, layers=None, kinds: Optional[Sequence[str]] = None, img_root: Optional[str] = None,
+                blank: bool = False, source: str = 'used', **kwargs) -> Iterator[Tuple[str, str, Figure]]:
+    """Yield ``(layer name, kind, Figure)`` for the selected layers of a loaded dump.
+
+    The image is read once from the dump's ``img_path`` (or ``img_root``); a missing file raises
+    :class:`~.image.ImageNotFoundError` unless ``blank``. Layers without data offsets (pure
+    deformable-kernel layers) are skipped when ``layers`` is None.
+    """
+    kinds = check_kinds(kinds)
+    chosen = layer_offsets(dump, layers, source=source, skip_without_offsets=layers is None)
+    image = None
+    if any(FIGURES[k][1] for k in kinds):
+        image = load_image(dump.meta, img_root=img_root, blank=blank)
+    for layer in chosen:
+        for kind in kinds:
+            yield layer.name, kind, render_layer(layer, kind, image, **kwargs)
+
+
+def figure_path(out_dir: str, image_id, layer_name: str, kind: str, fmt: str = 'png') -> str:
+    """``out_dir/<image id>/<layer name>.<kind>.<fmt>`` with unsafe characters replaced."""
+    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', layer_name)
+    return os.path.join(out_dir, re.sub(r'[^A-Za-z0-9._-]+', '_', str(image_id)), f'{safe}.{kind}.{fmt}')
+
+
+def save_figure(fig: Figure, path: str, fmt: Optional[str] = None) -> str:
+    """Save with no time stamps or version strings, so equal figures give equal bytes."""
+    fmt = fmt or os.path.splitext(path)[1].lstrip('.') or 'png'
+    if fmt not in FORMATS:
+        raise ValueError(f'unsupported figure format {fmt!r}; choose from {FORMATS}')
+    metadata = {'Software': None} if fmt == 'png' else {'CreationDate': None, 'Producer': None, 'Creator': None}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp.{os.getpid()}'
+    fig.savefig(tmp, format=fmt, dpi=fig.dpi, metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render to an (H, W, 3) uint8 RGB array (for ``Visualizer.add_image``)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

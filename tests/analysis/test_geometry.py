@@ -1,0 +1,99 @@
+"""Geometry on hand-built offset fields with known answers, and the feature-grid <-> image map."""
+import numpy as np
+import pytest
+
+from deform_viz.analysis import FeatureGeometry, GeometryError, LayerOffsets
+from deform_viz.dump import load_offset_dump
+from synthetic_dumps import rigid, same_for_all_taps, scaled_kernel_field, write_dump
+
+H, W = 9, 11
+
+
+def load_layer(tmp_path, offset, name='backbone.layer3.0.conv2', **kwargs):
+    layer_kwargs = kwargs.pop('layer_kwargs', {})
+    path = write_dump(tmp_path, 1, {name: (layer_kwargs, offset)}, **kwargs)
+    return LayerOffsets.from_dump(load_offset_dump(path), name)
+
+
+def test_converging_field_has_negative_divergence_at_its_sink(tmp_path):
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.float64)
+    k, sink = 0.4, (4, 6)
+    d_f = np.stack([-k * (rows - sink[0]), -k * (cols - sink[1])])   # every arrow points at the sink
+    layer = load_layer(tmp_path, same_for_all_taps(d_f), ori_shape=(H * 8, W * 8))
+    div = layer.divergence[0]
+    assert div[sink] < 0
+    np.testing.assert_allclose(div, -2 * k, atol=1e-6)        # linear field: exact, borders included
+    np.testing.assert_allclose(layer.d_f[0], d_f, atol=1e-6)
+    np.testing.assert_allclose(layer.d_k, 0, atol=1e-6)
+    # and a diverging field is positive
+    layer = load_layer(tmp_path, same_for_all_taps(-d_f), ori_shape=(H * 8, W * 8))
+    assert layer.divergence[0][sink] > 0
+
+
+@pytest.mark.parametrize('dilation', [1, 2])
+@pytest.mark.parametrize('scale', [0.5, 1.0, 2.5])
+def test_scaled_kernel_extent_and_dilation(tmp_path, scale, dilation):
+    offset = scaled_kernel_field(np.full((H, W), scale), dilation=dilation)
+    layer = load_layer(tmp_path, offset, layer_kwargs=dict(dilation=dilation), ori_shape=(H * 8, W * 8))
+    width, height = layer.extent
+    rigid_extent = 2 * dilation                       # (K - 1) * dilation for K = 3
+    np.testing.assert_allclose(width, scale * rigid_extent, rtol=1e-6)
+    np.testing.assert_allclose(height, scale * rigid_extent, rtol=1e-6)
+    np.testing.assert_allclose(layer.effective_dilation, scale * dilation, rtol=1e-6)
+    # radius in image pixels: input stride 8, no resize
+    assert layer.rigid_radius_image == pytest.approx(rigid_extent * 8)
+    np.testing.assert_allclose(layer.radius_image, scale * rigid_extent * 8, rtol=1e-6)
+    np.testing.assert_allclose(layer.d_f, 0, atol=1e-6)       # scaling is all d_k
+
+
+def test_zero_offsets_effective_dilation_equals_dilation(tmp_path):
+    for dilation in (1, 2, 3):
+        layer = load_layer(tmp_path, np.zeros((1, 9, 2, H, W), np.float32),
+                           layer_kwargs=dict(dilation=dilation), ori_shape=(H * 8, W * 8))
+        np.testing.assert_allclose(layer.effective_dilation, dilation)
+
+
+def test_sampling_positions_on_image_follow_stride_scale_and_flip(tmp_path):
+    offset = np.zeros((1, 9, 2, H, W), np.float32)
+    offset[0, :, 1] = 1.0                             # every tap moves one input pixel to the right
+    # image 2x the network input, input stride 4, conv stride 2 (output stride 8)
+    ori, net = (H * 16, W * 16), (H * 8, W * 8)
+    layer = load_layer(tmp_path, offset, layer_kwargs=dict(s_in=4, s_out=8), ori_shape=ori, img_shape=net)
+    ys, xs = layer.cell_centres_image
+    assert (ys[2, 3], xs[2, 3]) == pytest.approx(((8 * 2 + 0.5) * 2, (8 * 3 + 0.5) * 2))
+    centre_tap = layer.sampling_image[0, 4, :, 2, 3]  # tap (0, 0): the centre plus one input px right
+    assert tuple(centre_tap) == pytest.approx((ys[2, 3], xs[2, 3] + 4 * 2))
+    np.testing.assert_allclose(layer.d_f_image[0, 1], 8.0)     # 1 input px = 4 net px = 8 image px
+
+    flipped = load_layer(tmp_path, offset, layer_kwargs=dict(s_in=4, s_out=8), ori_shape=ori, img_shape=net,
+                         flip=True)
+    fys, fxs = flipped.cell_centres_image
+    np.testing.assert_allclose(fxs, ori[1] - xs)      # mirrored on the original image
+    np.testing.assert_allclose(fys, ys)
+    np.testing.assert_allclose(flipped.d_f_image[0, 1], -8.0)  # a rightward offset points left
+    assert flipped.radius_image == pytest.approx(layer.radius_image)
+
+
+def test_geometry_round_trip_and_painting():
+    geom = FeatureGeometry(grid_shape=(6, 8), input_stride=(8, 8), output_stride=(16, 16), img_shape=(96, 128),
+                           ori_shape=(192, 256), scale_factor=(0.5, 0.5), flip_direction='horizontal')
+    rows, cols = np.mgrid[0:6, 0:8]
+    y, x = geom.grid_to_image(rows, cols)
+    back_r, back_c, inside = geom.image_to_grid(y, x)
+    assert inside.all() and (back_r == rows).all() and (back_c == cols).all()
+    values = np.arange(48).reshape(6, 8)
+    painted = geom.to_image_resolution(values)
+    assert painted.shape == (192, 256)
+    # every cell shows up, each in a block of about (cell size)^2 pixels
+    counts = np.bincount(painted.ravel(), minlength=48)
+    assert counts.min() > 0 and counts.sum() == 192 * 256
+    assert geom.cell_size_on_image == (32.0, 32.0)
+    # far outside points are flagged
+    assert not geom.image_to_grid(np.array([-100.0]), np.array([10.0]))[2][0]
+
+
+def test_geometry_rejects_bad_metadata():
+    with pytest.raises(GeometryError, match='flip_direction'):
+        FeatureGeometry((2, 2), (4, 4), (8, 8), (16, 16), (16, 16), (1, 1), flip_direction='sideways')
+    with pytest.raises(GeometryError, match="no 'input_stride'"):
+        FeatureGeometry.from_meta(dict(img_shape=[8, 8], ori_shape=[8, 8]), dict(name='x', output_stride=8), (1, 1))
