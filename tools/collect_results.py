@@ -620,11 +620,13 @@ def format_markdown(records: Sequence[dict]) -> str:
     tp = [r for r in records if r['table'] == 'test_time_projection']
     parts.append(f"\n## {TABLES['test_time_projection']}\n\nNeither paper ran this. "
                  'Change = this evaluation - the full-DCN run it was projected from.\n')
-    rows = [[DETECTORS[r['detector']], VARIANTS[r['variant']], _cell(r, 'bbox_ap'), _sgn(r['bbox_gain']),
+    rows = [[DETECTORS[r['detector']], VARIANTS[r['variant']], _fmt(r['paper_bbox_ap']) or '-',
+             _cell(r, 'bbox_ap'), _sgn(r['bbox_gain']),
+             (_fmt(r['paper_segm_ap']) or '-') if r['detector'] == 'mask-rcnn' else 'NA',
              (_cell(r, 'segm_ap') if r['detector'] == 'mask-rcnn' else 'NA'), _sgn(r.get('segm_gain')),
              r['run'] or '', r['notes']] for r in tp]
-    parts.append(_md_table(['detector', 'offsets', 'AP bbox', 'change', 'AP segm', 'change', 'run', 'notes'],
-                           rows))
+    parts.append(_md_table(['detector', 'offsets', 'AP bbox (paper)', 'AP bbox (run)', 'change',
+                            'AP segm (paper)', 'AP segm (run)', 'change', 'run', 'notes'], rows))
 
     other = [r for r in records if r['table'] == 'other']
     if other:

@@ -1,0 +1,184 @@
+"""Short real runs of the COCO configs on the embedded synthetic dataset, shared by
+tests/configs/test_configs.py and tests/tools/test_collect_results.py.
+
+Every run goes through ``tools/train.py`` / ``tools/test.py`` (their ``main(argv)``, in process, so
+torch and mmdet are imported once), with ``--cfg-options`` that point the COCO config at the
+synthetic data, shrink images to 128 px, take 2 training images (one iteration of 2) and
+2 validation images, switch the ImageNet weights off and validate after that one iteration with
+mmdet's CocoMetric. Runs are cached per pytest session: each config trains at most once.
+"""
+import gc
+import glob
+import json
+import os.path as osp
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+COCO_CONFIG_DIRS = ('revisiting_dcn', 'deformable_kernels', 'test_time_projection')
+IMAGE_SCALE = (128, 128)
+
+
+def config_path(folder: str, name: str) -> str:
+    return osp.join(REPO, 'configs', folder, name)
+
+
+def coco_configs(folder: Optional[str] = None) -> List[str]:
+    folders = [folder] if folder else COCO_CONFIG_DIRS
+    return sorted(p for f in folders for p in glob.glob(osp.join(REPO, 'configs', f, '*.py')))
+
+
+def all_configs() -> List[str]:
+    """Every config under configs/ except the partial ones in _base_ folders."""
+    paths = glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+    return sorted(p for p in paths if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
+
+
+def _cli(value) -> str:
+    """A value as DictAction parses it back from ``--cfg-options key=value``."""
+    if isinstance(value, (tuple, list)):
+        return '(' + ','.join(_cli(v) for v in value) + ')'
+    return str(value)
+
+
+def _resize_index(pipeline) -> int:
+    return next(i for i, t in enumerate(pipeline) if t['type'] in ('Resize', 'RandomResize'))
+
+
+def synthetic_options(config: str, data_root: str, *, name: str, checkpoint: bool = False) -> Dict:
+    """The overrides that turn a COCO config into a one-iteration CPU run on the synthetic data."""
+    from mmengine.config import Config
+
+    from deform_viz.datasets import SYNTHETIC_CLASSES
+    cfg = Config.fromfile(config)
+    root = osp.join(data_root, '')
+    opts = {
+        'model.backbone.init_cfg': None,  # no ImageNet weights can be downloaded here
+        'model.roi_head.bbox_head.num_classes': len(SYNTHETIC_CLASSES),
+        'train_cfg.max_epochs': 1,
+        'train_cfg.val_interval': 1,
+        'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': 1 if checkpoint else -1,
+        'default_hooks.checkpoint.save_last': checkpoint,
+        # mmdet names its visualizer 'visualizer'; mmengine keeps one instance per name, so
+        # in-process runs need their own or they would all log into the first run's folder
+        'visualizer.name': f'visualizer_{name}_{time.time_ns()}',
+        'randomness.seed': 0,
+    }
+    if cfg.model.roi_head.get('mask_head') is not None:
+        opts['model.roi_head.mask_head.num_classes'] = len(SYNTHETIC_CLASSES)
+    splits = {'train': ('instances_train.json', 'train/'), 'val': ('instances_val.json', 'val/'),
+              'test': ('instances_val.json', 'val/')}
+    for split, (ann, img) in splits.items():
+        loader = f'{split}_dataloader'
+        opts.update({
+            f'{loader}.batch_size': 2, f'{loader}.num_workers': 0, f'{loader}.persistent_workers': False,
+            f'{loader}.dataset.data_root': root,
+            f'{loader}.dataset.ann_file': f'annotations/{ann}',
+            f'{loader}.dataset.data_prefix.img': img,
+            f'{loader}.dataset.metainfo.classes': tuple(SYNTHETIC_CLASSES),
+            f'{loader}.dataset.indices': 2,
+        })
+        index = _resize_index(cfg[loader].dataset.pipeline)
+        opts[f'{loader}.dataset.pipeline.{index}.scale'] = IMAGE_SCALE
+    for split in ('val', 'test'):
+        opts[f'{split}_evaluator.ann_file'] = root + 'annotations/instances_val.json'
+    return opts
+
+
+def argv_options(options: Dict) -> List[str]:
+    return ['--cfg-options'] + [f'{k}={_cli(v)}' for k, v in options.items()]
+
+
+def load_tool(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class RunResult:
+    """What a test needs from a finished short run (the runner itself is dropped)."""
+    config: str
+    work_dir: str
+    seconds: float
+    metrics: Dict[str, float] = field(default_factory=dict)
+    stage_types: Dict[str, Set[str]] = field(default_factory=dict)  # 'c2'..'c5' -> conv2 class names
+    stage_variants: Dict[str, Set[Optional[str]]] = field(default_factory=dict)  # -> conv2 .variant
+    registered: Dict[str, str] = field(default_factory=dict)  # class name -> module path
+    lr_by_param: Dict[str, float] = field(default_factory=dict)  # param name -> initial lr
+    checkpoint: Optional[str] = None
+
+
+def _summarize(runner, config: str, work_dir: str, seconds: float) -> RunResult:
+    model = runner.model
+    result = RunResult(config=config, work_dir=work_dir, seconds=seconds)
+    backbone = model.backbone
+    for i, layer_name in enumerate(backbone.res_layers):
+        blocks = getattr(backbone, layer_name)
+        convs = [block.conv2 for block in blocks]
+        result.stage_types[f'c{i + 2}'] = {type(c).__name__ for c in convs}
+        result.stage_variants[f'c{i + 2}'] = {getattr(c, 'variant', None) for c in convs}
+        result.registered.update({type(c).__name__: type(c).__module__ for c in convs})
+    optimizer = runner.optim_wrapper.optimizer
+    ids = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            result.lr_by_param[ids[id(p)]] = group.get('initial_lr', group['lr'])
+    return result
+
+
+def _last_metrics(work_dir: str) -> Dict[str, float]:
+    found = {}
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        for line in open(path):
+            entry = json.loads(line)
+            if 'coco/bbox_mAP' in entry:
+                found = entry
+    for path in sorted(glob.glob(osp.join(work_dir, '*', '*.json'))):
+        found = json.load(open(path))
+    return found
+
+
+_CACHE: Dict[str, RunResult] = {}
+
+
+def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool = False) -> RunResult:
+    """tools/train.py on ``config`` for one iteration + validation (once per session)."""
+    stem = osp.splitext(osp.basename(config))[0]
+    key = f'train:{stem}:{base_dir}'
+    cached = _CACHE.get(key)
+    if cached is not None and (cached.checkpoint or not checkpoint):
+        return cached
+    work_dir = osp.join(base_dir, stem)
+    options = synthetic_options(config, data_root, name=stem, checkpoint=checkpoint)
+    start = time.perf_counter()
+    runner = load_tool('train').main([config, '--work-dir', work_dir, *argv_options(options)])
+    result = _summarize(runner, config, work_dir, time.perf_counter() - start)
+    del runner
+    gc.collect()
+    result.metrics = _last_metrics(work_dir)
+    if checkpoint:
+        result.checkpoint = osp.join(work_dir, 'epoch_1.pth')
+    _CACHE[key] = result
+    return result
+
+
+def evaluate_once(config: str, checkpoint: str, data_root: str, base_dir: str) -> RunResult:
+    """tools/test.py on ``checkpoint`` with ``config`` (once per session)."""
+    stem = osp.splitext(osp.basename(config))[0]
+    key = f'test:{stem}:{checkpoint}:{base_dir}'
+    if key in _CACHE:
+        return _CACHE[key]
+    work_dir = osp.join(base_dir, stem)
+    options = synthetic_options(config, data_root, name=stem)
+    start = time.perf_counter()
+    metrics = load_tool('test').main([config, checkpoint, '--work-dir', work_dir, *argv_options(options)])
+    gc.collect()
+    result = RunResult(config=config, work_dir=work_dir, seconds=time.perf_counter() - start,
+                       metrics=dict(metrics), checkpoint=checkpoint)
+    _CACHE[key] = result
+    return result
