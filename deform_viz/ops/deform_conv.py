@@ -1,0 +1,302 @@
+"""Deformable convolution (DCNv1 and modulated DCNv2) in plain PyTorch, numerically equal to mmcv's op.
+
+Sampling convention (mmcv's ``deform_conv`` / ``modulated_deform_conv`` CPU and CUDA kernels):
+tap ``n = i*Kw + j`` of output location ``(ho, wo)`` samples the input at
+
+    y = ho*stride_h - pad_h + i*dil_h + offset[(g*Kh*Kw + n)*2 + 0, ho, wo]
+    x = wo*stride_w - pad_w + j*dil_w + offset[(g*Kh*Kw + n)*2 + 1, ho, wo]
+
+for the channels of deform group ``g``. The value is the bilinear interpolation of the four
+integer corners around ``(y, x)``, corners outside the map count as 0, and a sample with
+``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W`` is 0 altogether (no gradient to its offset
+either). DCNv2 multiplies each sample by ``mask[g*Kh*Kw + n, ho, wo]``.
+
+How it is fast on CPU: the input is laid out channels-last as one row of channels per pixel
+(plus one zero row that out-of-range corners point to). A sample is then a weighted sum of four
+rows, which is exactly ``F.embedding_bag(..., per_sample_weights=..., mode='sum')``: one fused,
+multithreaded gather whose backward gives both the input gradient (a scatter of the weighted
+rows) and the gradient of the four corner weights, from which autograd gets the offset and mask
+gradients. The sampled columns ``(L, K*K*C)`` then meet the weights in a single GEMM.
+:func:`deform_conv2d_torch` neither keeps the columns for backward (it recomputes them, like
+mmcv) nor builds them for more than ``COLUMN_CHUNK_ELEMENTS`` numbers at a time.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Pair = Union[int, Tuple[int, int]]
+
+#: Largest number of column entries (output locations x K*K x C) materialised at once.
+COLUMN_CHUNK_ELEMENTS = 1 << 24
+
+
+def _pair(value: Pair, name: str) -> Tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f'{name} must be an int or a pair, got {value!r}')
+    return pair
+
+
+def _output_size(in_size, kernel_size, stride, padding, dilation) -> Tuple[int, int]:
+    return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1
+                 for i, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation))
+
+
+def _deform_groups(x: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_size, stride, padding,
+                   dilation) -> int:
+    """Check shapes against each other and return the number of deform groups G."""
+    if x.dim() != 4 or offset.dim() != 4:
+        raise ValueError(f'expected 4-d input and offset (N, C, H, W), got {tuple(x.shape)} and '
+                         f'{tuple(offset.shape)}')
+    taps = kernel_size[0] * kernel_size[1]
+    channels = offset.shape[1]
+    if channels == 0 or channels % (2 * taps):
+        raise ValueError(f'offset has {channels} channels; a {kernel_size[0]}x{kernel_size[1]} kernel '
+                         f'needs 2*deform_groups*{taps} (mmcv layout [y0, x0, y1, x1, ...] per group)')
+    groups = channels // (2 * taps)
+    if x.shape[1] % groups:
+        raise ValueError(f'input channels ({x.shape[1]}) not divisible by deform_groups ({groups}, '
+                         f'inferred from {channels} offset channels)')
+    out_size = _output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    if min(out_size) <= 0:
+        raise ValueError(f'input {tuple(x.shape[2:])} is too small for kernel {kernel_size}, padding '
+                         f'{padding}, dilation {dilation}')
+    if offset.shape[0] != x.shape[0] or tuple(offset.shape[2:]) != out_size:
+        raise ValueError(f'offset must be (N={x.shape[0]}, {channels}, {out_size[0]}, {out_size[1]}), '
+                         f'got {tuple(offset.shape)}')
+    if mask is not None and tuple(mask.shape) != (x.shape[0], groups * taps, *out_size):
+        raise ValueError(f'mask must be (N, deform_groups*K*K, Ho, Wo) = '
+                         f'{(x.shape[0], groups * taps, *out_size)}, got {tuple(mask.shape)}')
+    return groups
+
+
+def _bilinear_taps(offset: Tensor, mask: Optional[Tensor], in_size, kernel_size, stride, padding,
+                   dilation) -> Tuple[Tensor, Tensor]:
+    """Corner rows and weights of every sample.
+
+    offset ``(N, 2*G*K*K, Ho, Wo)``, mask ``(N, G*K*K, Ho, Wo)`` or None ->
+    index ``(M, 4)`` int64 and weights ``(M, 4)`` with ``M = N*Ho*Wo*K*K*G`` ordered (n, ho, wo, tap, g).
+    Index points into the row table of :func:`_input_rows` (``N*H*W*G`` rows + a zero row);
+    weights are differentiable functions of offset and mask.
+    """
+    n, _, ho, wo = offset.shape
+    (h, w), (kh, kw) = in_size, kernel_size
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    dev = offset.device
+    fields = offset.view(n, groups, taps, 2, ho, wo).permute(0, 4, 5, 2, 1, 3)  # (N, Ho, Wo, KK, G, 2)
+    tap_y = (torch.arange(kh, device=dev) * dilation[0]).repeat_interleave(kw)
+    tap_x = (torch.arange(kw, device=dev) * dilation[1]).repeat(kh)
+    base_y = (torch.arange(ho, device=dev) * stride[0] - padding[0])[:, None, None, None] + tap_y[:, None]
+    base_x = (torch.arange(wo, device=dev) * stride[1] - padding[1])[:, None, None] + tap_x[:, None]
+    y = fields[..., 0] + base_y.to(offset.dtype)  # (N, Ho, Wo, KK, G)
+    x = fields[..., 1] + base_x.to(offset.dtype)
+    inside = (y > -1) & (y < h) & (x > -1) & (x < w)
+    y0, x0 = y.detach().floor(), x.detach().floor()
+    ly, lx = y - y0, x - x0
+    hy, hx = 1 - ly, 1 - lx
+    scale = inside.to(offset.dtype)
+    if mask is not None:
+        scale = scale * mask.view(n, groups, taps, ho, wo).permute(0, 3, 4, 2, 1)
+    weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=-1) * scale[..., None]
+
+    y0, x0 = y0.long(), x0.long()
+    row0 = (torch.arange(n, device=dev)[:, None, None, None, None] * h + y0) * w
+    group = torch.arange(groups, device=dev)
+    zero_row = n * h * w * groups
+    corners = []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cy, cx = y0 + dy, x0 + dx
+        valid = inside & (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        corners.append(torch.where(valid, (row0 + dy * w + cx) * groups + group, zero_row))
+    index = torch.stack(corners, dim=-1)
+    return index.view(-1, 4), weights.reshape(-1, 4)
+
+
+def _input_rows(x: Tensor, groups: int) -> Tensor:
+    """``(N, C, H, W)`` -> row table ``(N*H*W*G + 1, C/G)``: channels-last, last row zero. Not differentiable."""
+    n, c, h, w = x.shape
+    rows = x.new_empty(n * h * w * groups + 1, c // groups)
+    rows[:-1].view(n, h, w, c).copy_(x.permute(0, 2, 3, 1))
+    rows[-1].zero_()
+    return rows
+
+
+def _gather(index: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    """Weighted sum of four rows per sample: ``(M, 4), (R, Cg), (M, 4) -> (M, Cg)``."""
+    return F.embedding_bag(index, rows, per_sample_weights=weights, mode='sum')
+
+
+def deform_sample(x: Tensor, offset: Tensor, kernel_size: Pair, stride: Pair = 1, padding: Pair = 0,
+                  dilation: Pair = 1, mask: Optional[Tensor] = None) -> Tensor:
+    """Input values at the deformed taps of a deformable conv (mmcv's im2col, differentiable).
+
+    Args:
+        x: ``(N, C, H, W)``.
+        offset: ``(N, 2*G*Kh*Kw, Ho, Wo)`` in mmcv's layout; G (deform groups) must divide C.
+        kernel_size, stride, padding, dilation: int or pair, as for the convolution.
+        mask: optional ``(N, G*Kh*Kw, Ho, Wo)`` DCNv2 modulation multiplying each sample.
+
+    Returns:
+        ``(N, C, Kh*Kw, Ho, Wo)``. The tensor is a permuted view of channels-last memory
+        ``(N, Ho, Wo, Kh*Kw, C)``, so ``.permute(0, 3, 4, 2, 1)`` gives that layout without a copy.
+        Autograd reaches x, offset and mask.
+    """
+    kernel_size, stride = _pair(kernel_size, 'kernel_size'), _pair(stride, 'stride')
+    padding, dilation = _pair(padding, 'padding'), _pair(dilation, 'dilation')
+    groups = _deform_groups(x, offset, mask, kernel_size, stride, padding, dilation)
+    n, c, h, w = x.shape
+    ho, wo = offset.shape[2:]
+    index, weights = _bilinear_taps(offset, mask, (h, w), kernel_size, stride, padding, dilation)
+    rows = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, c // groups), x.new_zeros(1, c // groups)])
+    cols = _gather(index, rows, weights)
+    return cols.view(n, ho, wo, kernel_size[0] * kernel_size[1], c).permute(0, 4, 3, 1, 2)
+
+
+def _weight_matrix(weight: Tensor, groups: int) -> Tensor:
+    """``(Cout, C/groups, Kh, Kw)`` -> ``(groups, Cout/groups, Kh*Kw*C/groups)`` matching the columns."""
+    cout, cin_g = weight.shape[:2]
+    return weight.permute(0, 2, 3, 1).reshape(groups, cout // groups, -1)
+
+
+def _split_groups(cols: Tensor, taps: int, groups: int) -> Tensor:
+    """Columns ``(l, KK*C)`` -> ``(groups, l, KK*C/groups)`` (a copy unless groups == 1)."""
+    if groups == 1:
+        return cols.unsqueeze(0)
+    l = cols.shape[0]
+    return cols.view(l, taps, groups, -1).permute(2, 0, 1, 3).reshape(groups, l, -1)
+
+
+def _merge_groups(cols_g: Tensor, taps: int) -> Tensor:
+    """Inverse of :func:`_split_groups`: ``(groups, l, KK*C/groups)`` -> ``(l, KK*C)``."""
+    groups, l = cols_g.shape[:2]
+    if groups == 1:
+        return cols_g[0]
+    return cols_g.view(groups, l, taps, -1).permute(1, 2, 0, 3).reshape(l, -1)
+
+
+def _chunks(locations: int, per_location: int):
+    step = max(1, COLUMN_CHUNK_ELEMENTS // max(per_location, 1))
+    for start in range(0, locations, step):
+        yield start, min(start + step, locations)
+
+
+class _DeformConv2dFunction(torch.autograd.Function):
+    """Columns are rebuilt chunk by chunk in backward, so only the input rows are kept."""
+
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, kernel_size, stride, padding, dilation, groups,
+                deform_groups):
+        n, c, h, w = x.shape
+        ho, wo = offset.shape[2:]
+        taps = kernel_size[0] * kernel_size[1]
+        geometry = ((h, w), kernel_size, stride, padding, dilation)
+        rows = _input_rows(x, deform_groups)
+        index, weights = _bilinear_taps(offset, mask, *geometry)
+        wmat = _weight_matrix(weight, groups)
+        locations, per_sample = n * ho * wo, taps * deform_groups
+        out = x.new_empty(locations, weight.shape[0])
+        for a, b in _chunks(locations, taps * c):
+            cols = _gather(index[a * per_sample:b * per_sample], rows, weights[a * per_sample:b * per_sample])
+            if groups == 1:
+                torch.mm(cols.view(b - a, -1), wmat[0].t(), out=out[a:b])
+            else:
+                cols_g = _split_groups(cols.view(b - a, -1), taps, groups)
+                out[a:b] = torch.bmm(cols_g, wmat.transpose(1, 2)).transpose(0, 1).reshape(b - a, -1)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(rows, offset, mask, weight)
+        ctx.geometry, ctx.groups, ctx.deform_groups = geometry, groups, deform_groups
+        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
+        return out.view(n, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, offset, mask, weight = ctx.saved_tensors
+        need_x, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
+        need_mask = need_mask and mask is not None
+        need_taps = need_offset or need_mask
+        n, c, h, w = ctx.x_shape
+        ho, wo = offset.shape[2:]
+        groups, taps = ctx.groups, ctx.geometry[1][0] * ctx.geometry[1][1]
+        locations, per_sample = n * ho * wo, taps * ctx.deform_groups
+        grad = grad_out.permute(0, 2, 3, 1).reshape(locations, -1)
+        grad_g = grad.view(locations, groups, -1).transpose(0, 1)  # (groups, L, Cout/groups)
+
+        with torch.enable_grad():
+            offset_leaf = offset.detach().requires_grad_(need_offset)
+            mask_leaf = None if mask is None else mask.detach().requires_grad_(need_mask)
+            index, weights = _bilinear_taps(offset_leaf, mask_leaf, *ctx.geometry)
+        wmat = _weight_matrix(weight, groups)
+        rows_leaf = rows.detach().requires_grad_(need_x)
+        grad_rows = grad_weights = grad_wmat = None
+        if need_taps:
+            grad_weights = torch.empty_like(weights)
+        if need_weight:
+            grad_wmat = torch.zeros_like(wmat)
+        for a, b in _chunks(locations, taps * c):
+            s = slice(a * per_sample, b * per_sample)
+            weights_leaf = weights[s].detach().requires_grad_(need_taps)
+            with torch.set_grad_enabled(need_x or need_taps):
+                cols = _gather(index[s], rows_leaf, weights_leaf)
+            if need_weight:
+                cols_g = _split_groups(cols.detach().view(b - a, -1), taps, groups)
+                grad_wmat.baddbmm_(grad_g[:, a:b].transpose(1, 2), cols_g)
+            if need_x or need_taps:
+                grad_cols = _merge_groups(torch.bmm(grad_g[:, a:b], wmat), taps).view_as(cols)
+                inputs = [t for t, need in ((rows_leaf, need_x), (weights_leaf, need_taps)) if need]
+                grads = list(torch.autograd.grad(cols, inputs, grad_cols))
+                if need_x:
+                    part = grads.pop(0)
+                    grad_rows = part if grad_rows is None else grad_rows.add_(part)
+                if need_taps:
+                    grad_weights[s] = grads.pop(0)
+
+        grad_x = grad_offset = grad_mask = grad_weight = grad_bias = None
+        if need_x:
+            grad_x = grad_rows[:-1].view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        if need_taps:
+            leaves = [t for t, need in ((offset_leaf, need_offset), (mask_leaf, need_mask)) if need]
+            grads = list(torch.autograd.grad(weights, leaves, grad_weights))
+            grad_offset = grads.pop(0) if need_offset else None
+            grad_mask = grads.pop(0) if need_mask else None
+        if need_weight:
+            cout = weight.shape[0]
+            grad_weight = grad_wmat.view(cout, *ctx.geometry[1], -1).permute(0, 3, 1, 2)
+        if need_bias and ctx.has_bias:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_offset, grad_mask, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def deform_conv2d_torch(x: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                        stride: Pair = 1, padding: Pair = 0, dilation: Pair = 1, groups: int = 1,
+                        mask: Optional[Tensor] = None) -> Tensor:
+    """Deformable convolution, equal to mmcv's ``deform_conv2d`` (mask=None) or ``modulated_deform_conv2d``.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        offset: ``(N, 2*G*Kh*Kw, Ho, Wo)``, mmcv layout; deform groups G are inferred and must divide C.
+        weight: ``(Cout, C/groups, Kh, Kw)``.
+        bias: optional ``(Cout,)``.
+        stride, padding, dilation: int or pair.
+        groups: convolution groups, dividing C and Cout.
+        mask: optional ``(N, G*Kh*Kw, Ho, Wo)`` DCNv2 modulation (already through a sigmoid).
+
+    Returns:
+        ``(N, Cout, Ho, Wo)``. Differentiable in x, offset, mask, weight and bias (first order).
+    """
+    stride, padding, dilation = _pair(stride, 'stride'), _pair(padding, 'padding'), _pair(dilation, 'dilation')
+    if weight.dim() != 4:
+        raise ValueError(f'weight must be (Cout, C/groups, Kh, Kw), got {tuple(weight.shape)}')
+    kernel_size = tuple(weight.shape[2:])
+    deform_groups = _deform_groups(x, offset, mask, kernel_size, stride, padding, dilation)
+    cout, cin_g = weight.shape[:2]
+    if x.shape[1] != cin_g * groups or cout % groups:
+        raise ValueError(f'weight {tuple(weight.shape)} does not fit input channels {x.shape[1]} with '
+                         f'groups={groups} (need C == weight.shape[1]*groups and Cout % groups == 0)')
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise ValueError(f'bias must be ({cout},), got {tuple(bias.shape)}')
+    return _DeformConv2dFunction.apply(x, offset, mask, weight, bias, kernel_size, stride, padding,
+                                       dilation, groups, deform_groups)
