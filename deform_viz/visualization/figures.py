@@ -307,17 +307,29 @@ def _include_points(ax, xy: np.ndarray, shape) -> None:
     ax.set_ylim(y1, y0)
 
 
+def _extreme_cell(values: np.ndarray, largest: bool):
+    """The cell holding the extreme value; among (near-)ties the one nearest the grid centre."""
+    h, w = values.shape
+    best = values.max() if largest else values.min()
+    ties = np.isclose(values, best, rtol=1e-3, atol=1e-6)
+    rows, cols = np.nonzero(ties)
+    distance = (rows - (h - 1) / 2) ** 2 + (cols - (w - 1) / 2) ** 2
+    k = int(np.argmin(distance))
+    return int(rows[k]), int(cols[k])
+
+
 def choose_points(layer: LayerOffsets, num_points: int = 3) -> list:
     """Cells (row, col) worth showing, deterministically: the most convergent d_f (lowest
-    divergence), the most expanded and the most shrunk kernel, then evenly spread cells."""
+    divergence), the most expanded and the most shrunk kernel (fields that are constant offer
+    no such cell), then the grid centre and evenly spread cells."""
     h, w = layer.grid_shape
     div = layer.divergence.mean(0)
     radius = layer.radius_image.mean(0)
-    candidates = [np.unravel_index(int(np.argmin(div)), (h, w)),
-                  np.unravel_index(int(np.argmax(radius)), (h, w)),
-                  np.unravel_index(int(np.argmin(radius)), (h, w))]
-    if np.ptp(div) == 0 and np.ptp(radius) == 0:  # nothing stands out: start from the middle
-        candidates = []
+    candidates = []
+    if np.ptp(div) > 0:
+        candidates.append(_extreme_cell(div, largest=False))
+    if np.ptp(radius) > 0:
+        candidates += [_extreme_cell(radius, largest=True), _extreme_cell(radius, largest=False)]
     candidates += [(h // 2, w // 2), (h // 4, w // 4), (3 * h // 4, 3 * w // 4), (h // 4, 3 * w // 4),
                    (3 * h // 4, w // 4)]
     chosen = []
@@ -330,15 +342,17 @@ def choose_points(layer: LayerOffsets, num_points: int = 3) -> list:
 
 @matplotlib.rc_context(STYLE)
 def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple[float, float]]] = None,
-                            image: Optional[np.ndarray] = None, ax=None, group: int = 0, num_points: int = 3,
+                            image: Optional[np.ndarray] = None, ax=None, group: Optional[int] = None,
+                            num_points: int = 3,
                             width: float = PAPER_WIDTH, dpi: float = DEFAULT_DPI) -> Figure:
     """Where each kernel point of a few locations samples the image (DCN paper, Fig. 5/6).
 
     ``points``: (x, y) in original-image pixels, each snapped to its nearest cell; by default
     :func:`choose_points` picks ``num_points`` cells. For each: a star at the location, crosses
     at the rigid kernel's taps, filled dots at the deformed taps (area ∝ the DCNv2 modulation
-    when the dump has a mask) joined to their rigid tap. Shows deform group ``group``.
+    when the dump has a mask) joined to their rigid tap. Shows deform group ``group`` (None: 0).
     """
+    group = 0 if group is None else group
     own = ax is None
     fig, ax = _image_axes(layer, ax, width, dpi)
     _draw_image(ax, layer, image)

@@ -1,4 +1,5 @@
 """Render a dump's figures: which figures exist, saving them reproducibly, turning them into arrays."""
+import inspect
 import os
 import re
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -30,30 +31,45 @@ def check_kinds(kinds: Optional[Sequence[str]]) -> Tuple[str, ...]:
     return tuple(kinds)
 
 
-def render_layer(layer: LayerOffsets, kind: str, image: Optional[np.ndarray] = None, **kwargs) -> Figure:
-    """One figure of ``kind`` (see :data:`FIGURES`) for a layer; ``image`` None = blank canvas."""
+def _accepted(function) -> set:
+    return set(inspect.signature(function).parameters) - {'layer', 'image', 'ax'}
+
+
+def render_layer(layer: LayerOffsets, kind: str, image: Optional[np.ndarray] = None, **options) -> Figure:
+    """One figure of ``kind`` (see :data:`FIGURES`) for a layer; ``image`` None = blank canvas.
+
+    ``options`` go to the plotting function; those it does not take (e.g. ``points`` for a
+    Fig. 2) are ignored, so one set of options can serve every kind.
+    """
     function, uses_image = FIGURES[check_kinds([kind])[0]]
+    kwargs = {k: v for k, v in options.items() if k in _accepted(function)}
     if uses_image:
         return function(layer, image=image, **kwargs)
     return function(layer, **kwargs)
 
 
 def render_dump(dump, layers=None, kinds: Optional[Sequence[str]] = None, img_root: Optional[str] = None,
-                blank: bool = False, source: str = 'used', **kwargs) -> Iterator[Tuple[str, str, Figure]]:
+                blank: bool = False, source: str = 'used', **options) -> Iterator[Tuple[str, str, Figure]]:
     """Yield ``(layer name, kind, Figure)`` for the selected layers of a loaded dump.
 
     The image is read once from the dump's ``img_path`` (or ``img_root``); a missing file raises
     :class:`~.image.ImageNotFoundError` unless ``blank``. Layers without data offsets (pure
-    deformable-kernel layers) are skipped when ``layers`` is None.
+    deformable-kernel layers) are skipped when ``layers`` is None. ``options`` are passed to the
+    plotting functions that take them (an option no selected figure takes is an error).
     """
     kinds = check_kinds(kinds)
+    known = set().union(*(_accepted(FIGURES[k][0]) for k in kinds))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f'figure option(s) {unknown} are not taken by any of the figures {list(kinds)}; '
+                        f'options: {sorted(known)}')
     chosen = layer_offsets(dump, layers, source=source, skip_without_offsets=layers is None)
     image = None
     if any(FIGURES[k][1] for k in kinds):
         image = load_image(dump.meta, img_root=img_root, blank=blank)
     for layer in chosen:
         for kind in kinds:
-            yield layer.name, kind, render_layer(layer, kind, image, **kwargs)
+            yield layer.name, kind, render_layer(layer, kind, image, **options)
 
 
 def figure_path(out_dir: str, image_id, layer_name: str, kind: str, fmt: str = 'png') -> str:

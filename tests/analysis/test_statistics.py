@@ -1,0 +1,157 @@
+"""The analysis reproduces known values on hand-built dumps and fails clearly on bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from deform_viz.analysis import (AnalysisSettings, LayerNotFoundError, OffsetInputError, analyze_offsets,
+                                 format_markdown)
+from deform_viz.dump import OffsetDumpError
+from synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_coco, write_dump
+
+# 160 x 192 image, input stride 8, conv stride 1: a 20 x 24 grid, cell (r, c) centred on (8r + .5, 8c + .5)
+ORI = (160, 192)
+GRID = (20, 24)
+# (x, y, w, h), sqrt(area), kernel scale inside, number of cell centres inside (by hand)
+BOXES = {
+    'A': ((4, 4, 20, 20), 20, 1.2, 2 * 2),       # small
+    'B': ((40, 8, 40, 40), 40, 1.6, 5 * 5),      # medium
+    'D': ((8, 80, 56, 56), 56, 2.0, 7 * 7),      # medium
+    'C': ((88, 56, 100, 100), 100, 3.0, 13 * 13),  # large
+}
+CROWD = (150, 0, 40, 40)                          # 5 x 5 cells, neither object nor background
+BACKGROUND_SCALE = 1.4
+
+
+def cell_centres():
+    rows, cols = np.mgrid[0:GRID[0], 0:GRID[1]]
+    return rows * 8 + 0.5, cols * 8 + 0.5
+
+
+def inside(box, ys, xs):
+    x, y, w, h = box
+    return (xs >= x) & (xs < x + w) & (ys >= y) & (ys < y + h)
+
+
+def object_fields():
+    """A d_k layer (kernel scaled per object) and a d_f layer (arrows to the box centre)."""
+    ys, xs = cell_centres()
+    scale = np.full(GRID, BACKGROUND_SCALE)
+    d_f = np.zeros((2,) + GRID)
+    for box, _, s, count in BOXES.values():
+        sel = inside(box, ys, xs)
+        assert sel.sum() == count
+        scale[sel] = s
+        cy, cx = box[1] + box[3] / 2, box[0] + box[2] / 2
+        d_f[0][sel] = 0.25 * (cy - ys[sel]) / 8      # input pixels = image pixels / 8
+        d_f[1][sel] = 0.25 * (cx - xs[sel]) / 8
+    return scaled_kernel_field(scale), same_for_all_taps(d_f)
+
+
+@pytest.fixture
+def object_dump(tmp_path):
+    dk, df = object_fields()
+    dump_dir = tmp_path / 'dumps'
+    write_dump(dump_dir, 5, {'backbone.layer2.0.conv2': ({}, dk), 'backbone.layer3.0.conv2': ({}, df)},
+               ori_shape=ORI, img_path='images/5.png')
+    anns = [dict(image_id=5, bbox=list(b[0])) for b in BOXES.values()] + \
+           [dict(image_id=5, bbox=list(CROWD), iscrowd=1)]
+    ann_file = write_coco(tmp_path / 'ann.json', [(5, '5.png', *ORI), (6, '6.png', 10, 10)], anns)
+    return str(dump_dir), ann_file
+
+
+def test_effective_dilation_by_size_class(object_dump):
+    report = analyze_offsets(*object_dump, layers=['layer2'])
+    eff = report['layers']['backbone.layer2.0.conv2']['effective_dilation']
+    assert eff['small'] == pytest.approx(dict(mean=1.2, std=0.0, count=4))
+    medium = np.array([1.6] * 25 + [2.0] * 49)
+    assert eff['medium'] == pytest.approx(dict(mean=medium.mean(), std=medium.std(), count=74))
+    assert eff['large'] == pytest.approx(dict(mean=3.0, std=0.0, count=169))
+    assert eff['background'] == pytest.approx(dict(mean=BACKGROUND_SCALE, std=0.0, count=480 - 247 - 25))
+
+
+def test_extent_tracks_object_size(object_dump):
+    ext = analyze_offsets(*object_dump, layers=['layer2'])['layers']['backbone.layer2.0.conv2']['extent_vs_size']
+    assert ext['num_objects'] == 4
+    assert ext['spearman_centre']['rho'] == pytest.approx(1.0)
+    assert ext['spearman_largest']['rho'] == pytest.approx(1.0)
+    radii = sorted(s * 2 * 8 for _, _, s, _ in BOXES.values())   # scale x rigid extent 2 x stride 8
+    assert ext['radius_at_centre']['mean'] == pytest.approx(np.mean(radii))
+
+
+def test_df_convergence(object_dump):
+    result = analyze_offsets(*object_dump, layers=['layer3'])['layers']['backbone.layer3.0.conv2']
+    towards = result['towards_centre']
+    assert towards['fraction'] == 1.0 and towards['mean_cosine'] == pytest.approx(1.0)
+    assert towards['count'] == 247 - 4                 # each box's centre cell is left out
+    div = result['divergence']
+    assert div['in_boxes']['count'] == 247 and div['background']['count'] == 480 - 247 - 25
+    assert div['in_boxes']['mean'] < 0 < div['background']['mean'] + 1e-9
+    # cells inside a box away from its border see exactly -2 * 0.25
+    assert div['in_boxes']['mean'] > -0.5 - 1e-9
+
+
+def band_dump(tmp_path, with_second_box: bool, segmentation=None):
+    """div(d_f) < 0 exactly on grid columns 2-4 of an 8 x 8 grid (image 64 x 64, stride 8):
+    image pixels x in [12, 36)."""
+    cols = np.arange(8, dtype=np.float64)
+    dx = np.clip(-0.5 * (cols - 3), -0.5, 0.5)
+    d_f = np.stack([np.zeros((8, 8)), np.broadcast_to(dx, (8, 8))])
+    dump_dir = tmp_path / 'band'
+    write_dump(dump_dir, 9, {'neck.dcn': ({}, same_for_all_taps(d_f))}, ori_shape=(64, 64),
+               img_path='9.png')
+    anns = [dict(image_id=9, bbox=[12, 0, 24, 64])]
+    if with_second_box:
+        anns.append(dict(image_id=9, bbox=[44, 8, 16, 16], segmentation=segmentation or []))
+    return str(dump_dir), write_coco(tmp_path / 'band.json', [(9, '9.png', 64, 64)], anns)
+
+
+def test_negative_divergence_mask_matches_objects(tmp_path):
+    mask = analyze_offsets(*band_dump(tmp_path, False))['layers']['neck.dcn']['negative_divergence_mask']
+    assert (mask['iou'], mask['precision'], mask['recall']) == (1.0, 1.0, 1.0)
+    assert mask['pixels']['predicted'] == 24 * 64 and mask['ground_truth'] == 'boxes'
+
+    mask = analyze_offsets(*band_dump(tmp_path, True))['layers']['neck.dcn']['negative_divergence_mask']
+    assert mask['precision'] == 1.0
+    assert mask['recall'] == pytest.approx(1536 / (1536 + 256)) and mask['iou'] == pytest.approx(mask['recall'])
+
+    triangle = [[44, 8, 60, 8, 44, 24]]               # half of the second box, as a polygon mask
+    mask = analyze_offsets(*band_dump(tmp_path, True, triangle))['layers']['neck.dcn']['negative_divergence_mask']
+    assert mask['ground_truth'] == 'boxes+masks'
+    assert 1536 / (1536 + 256) < mask['recall'] < 1.0
+
+
+def test_report_is_json_and_markdown(object_dump):
+    report = analyze_offsets(*object_dump, settings=AnalysisSettings(size_thresholds=(32, 96)))
+    json.dumps(report, allow_nan=False)
+    text = format_markdown(report)
+    assert '| backbone.layer2.0.conv2 | 1.20 ± 0.00 (4) |' in text
+    assert '### backbone.layer3.0.conv2' in text
+    assert '243 locations' in text                      # the counts travel with the numbers
+
+
+def test_missing_layer_names_the_available_ones(object_dump):
+    with pytest.raises(LayerNotFoundError, match=r"\['layer9'\].*backbone.layer2.0.conv2"):
+        analyze_offsets(*object_dump, layers=['layer9'])
+
+
+def test_annotation_file_of_other_images(object_dump, tmp_path):
+    dump_dir, _ = object_dump
+    other = write_coco(tmp_path / 'other.json', [(100, '100.png', 160, 192)], [])
+    with pytest.raises(OffsetInputError, match=r'not in .*other.json.*another split'):
+        analyze_offsets(dump_dir, other)
+    same_id = write_coco(tmp_path / 'same_id.json', [(5, 'elsewhere.png', 480, 640)], [])
+    with pytest.raises(OffsetInputError, match=r'160x192.*480x640'):
+        analyze_offsets(dump_dir, same_id)
+
+
+def test_dump_without_metadata(tmp_path, object_dump):
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    np.savez(bad / '5.npz', **{'backbone.layer2.0.conv2/offset': np.zeros((1, 9, 2, 2, 2))})
+    with pytest.raises(OffsetDumpError, match=r'5.npz.*__meta__'):
+        analyze_offsets(str(bad), object_dump[1])
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        analyze_offsets(str(tmp_path / 'nowhere'), object_dump[1])
+    with pytest.raises(FileNotFoundError, match='annotation file'):
+        analyze_offsets(object_dump[0], str(tmp_path / 'missing.json'))
