@@ -1,0 +1,153 @@
+"""``OffsetFigureHook``: draw offset figures of the first validation images into the visualizer.
+
+Add it to a training config to watch the offsets evolve epoch by epoch in whatever backends
+``visualizer.vis_backends`` lists (``LocalVisBackend`` writes PNGs under
+``<work_dir>/<timestamp>/vis_data/vis_image/``, ``TensorBoardVisBackend`` image summaries)::
+
+    custom_hooks = [dict(type='OffsetFigureHook', num_images=2,
+                         figures=['df_divergence', 'dk_extent'], layers=['backbone.layer4.*'])]
+
+Capture reuses :mod:`.offset_dump_hook`'s layer selection and forward-hook recorders, so the
+figures show exactly what a dump of the same evaluation would hold. Forward hooks exist only
+from the start of a validation run until ``num_images`` images are drawn, and only on rank 0;
+a runner without this hook, or a validation run the ``interval`` skips, pays nothing.
+"""
+from types import SimpleNamespace
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from mmengine.dist import get_dist_info
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+
+from .offset_dump_hook import OffsetDumpHook
+
+# what the figures need from each layer (recorders store only those that apply)
+FIGURE_COMPONENTS = ('offset', 'offset_used', 'mask')
+
+
+@HOOKS.register_module()
+class OffsetFigureHook(Hook):
+    """Send offset figures of the first ``num_images`` validation images to ``runner.visualizer``.
+
+    Args:
+        num_images (int): Images drawn per validation run (the first ones rank 0 evaluates).
+        layers (str | list[str], optional): Layer patterns as for ``OffsetDumpHook`` (fnmatch, or
+            ``re:`` regular expressions); default: every deformable layer of the backbone.
+        figures (list[str]): Kinds from ``deform_viz.visualization.FIGURES``: 'kernel_points'
+            (Fig. 1), 'df_divergence' (Fig. 2), 'dk_extent' (Fig. 3), 'sampling'.
+        interval (int): Draw at every ``interval``-th validation run.
+        width (float): Figure width in inches. dpi (float): Resolution of the images sent.
+        max_arrows (int): Arrows (Fig. 2) / circles (Fig. 3) per side.
+        blank_if_missing (bool): Draw on a blank canvas when the image file cannot be read
+            (logged once) instead of failing the run.
+        prefix (str): Name prefix; images are named ``<prefix>_<kind>_img<id>_<layer>``.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self,
+                 num_images: int = 1,
+                 layers: Union[None, str, Sequence[str]] = None,
+                 figures: Sequence[str] = ('df_divergence', 'dk_extent'),
+                 interval: int = 1,
+                 width: float = 6.5,
+                 dpi: float = 100,
+                 max_arrows: int = 24,
+                 blank_if_missing: bool = True,
+                 prefix: str = 'offsets') -> None:
+        from ..visualization.render import check_kinds  # matplotlib only once the hook is used
+        for key, value in (('num_images', num_images), ('interval', interval), ('max_arrows', max_arrows)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'OffsetFigureHook: {key} must be a positive integer, got {value!r}')
+        if isinstance(figures, str):
+            figures = [figures]
+        try:
+            self.figures = check_kinds(list(figures))
+        except ValueError as e:
+            raise ValueError(f'OffsetFigureHook: {e}') from None
+        if not self.figures:
+            raise ValueError('OffsetFigureHook: figures is empty; name at least one figure kind')
+        self.num_images, self.interval = num_images, interval
+        self.layers = [layers] if isinstance(layers, str) else layers
+        self.options = dict(width=float(width), dpi=float(dpi), max_arrows=max_arrows, max_circles=max_arrows)
+        self.blank_if_missing = blank_if_missing
+        self.prefix = prefix
+        self._recorders = []
+        self._val_runs = 0
+        self._drawn = 0
+        self._warned_missing = False
+
+    # ----------------------------------------------------------------- runner events
+    def before_val_epoch(self, runner) -> None:
+        self._detach()
+        self._val_runs += 1
+        if (self._val_runs - 1) % self.interval or get_dist_info()[0] != 0:
+            return
+        # OffsetDumpHook's selection reads only these two attributes of the hook
+        selector = SimpleNamespace(layer_patterns=self.layers, components=FIGURE_COMPONENTS)
+        try:
+            self._recorders = OffsetDumpHook._select_layers(selector, runner.model)
+        except ValueError as e:
+            raise ValueError(str(e).replace('OffsetDumpHook', 'OffsetFigureHook')) from None
+        for recorder in self._recorders:
+            recorder.attach()
+        self._drawn = 0
+
+    def before_val_iter(self, runner, batch_idx, data_batch=None) -> None:
+        for recorder in self._recorders:
+            recorder.reset()
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not self._recorders:
+            return
+        samples = outputs if outputs is not None else (data_batch or {}).get('data_samples')
+        for index, sample in enumerate(samples or ()):
+            if self._drawn >= self.num_images:
+                break
+            self._draw(runner, index, sample)
+            self._drawn += 1
+        if self._drawn >= self.num_images:
+            self._detach()  # the rest of the validation runs without forward hooks
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._detach()
+
+    # ----------------------------------------------------------------- drawing
+    def _step(self, runner) -> int:
+        from mmengine.runner import EpochBasedTrainLoop
+        loop = getattr(runner, '_train_loop', None)  # never build a train loop for a val-only run
+        return runner.epoch if isinstance(loop, EpochBasedTrainLoop) else runner.iter
+
+    def _image(self, meta):
+        from ..visualization import ImageNotFoundError, load_image
+        try:
+            return load_image(meta)
+        except (ImageNotFoundError, ValueError) as e:
+            if not self.blank_if_missing:
+                raise
+            if not self._warned_missing:
+                self._warned_missing = True
+                print_log(f'OffsetFigureHook: {e}; drawing on a blank canvas', logger='current', level=30)
+            return None
+
+    def _draw(self, runner, index: int, sample) -> None:
+        from ..analysis import LayerOffsets
+        from ..visualization import figure_to_array, render_layer
+        meta = OffsetDumpHook._image_meta(SimpleNamespace(dtype='float32'), sample)
+        image = self._image(meta)
+        step = self._step(runner)
+        for recorder in self._recorders:
+            info, arrays = recorder.fields(index, meta['batch_input_shape'], meta['img_shape'], np.float32)
+            components = {key[len(recorder.name) + 1:]: value for key, value in arrays.items()}
+            layer = LayerOffsets(recorder.name, info, components, meta)
+            for kind in self.figures:
+                figure = render_layer(layer, kind, image, **self.options)
+                name = f'{self.prefix}_{kind}_img{meta["img_id"]}_{recorder.name}'
+                runner.visualizer.add_image(name, figure_to_array(figure), step=step)
+
+    def _detach(self) -> None:
+        for recorder in self._recorders:
+            recorder.detach()
+        self._recorders = []
