@@ -59,11 +59,12 @@ def parse_args(argv=None):
                         'group 0 for the sampling figure)')
     parser.add_argument('--div-threshold', type=float, default=0.0,
                         help='Fig. 2 paints cells whose divergence is below this (default 0)')
-    parser.add_argument('--max-arrows', type=int, default=32, help='arrows/circles per side in Fig. 2/3')
+    parser.add_argument('--max-per-side', type=int, metavar='N',
+                        help='at most N arrows / circles per side (defaults: Fig. 1 12, Fig. 2 and 3 32)')
     parser.add_argument('--dpi', type=float, default=150, help='resolution of png files (default 150)')
     parser.add_argument('--width', type=float, default=6.5, help='figure width in inches (default 6.5)')
     args = parser.parse_args(argv)
-    for name in ('max_images', 'max_arrows'):
+    for name in ('max_images', 'max_per_side'):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1, got {value}')
@@ -85,8 +86,13 @@ def main(argv=None) -> list:
     total = len(args.image) if args.image else len(files)
     total = min(total, args.max_images or total)
     from tqdm import tqdm
-    options = dict(width=args.width, dpi=args.dpi, group=args.group, div_threshold=args.div_threshold,
-                   max_arrows=args.max_arrows, max_circles=args.max_arrows, points=args.points)
+    options = dict(width=args.width, dpi=args.dpi, group=args.group)
+    if 'df_divergence' in args.figures:
+        options['div_threshold'] = args.div_threshold
+    if 'sampling' in args.figures:
+        options['points'] = args.points
+    if args.max_per_side is not None and set(args.figures) - {'sampling'}:
+        options['max_per_side'] = args.max_per_side
     written = []
     for dump in tqdm(dumps, total=total, desc='figures', unit='image', file=sys.stderr):
         if args.layer:  # fail early, naming the layers there are

@@ -39,7 +39,7 @@ class OffsetFigureHook(Hook):
             (Fig. 1), 'df_divergence' (Fig. 2), 'dk_extent' (Fig. 3), 'sampling'.
         interval (int): Draw at every ``interval``-th validation run.
         width (float): Figure width in inches. dpi (float): Resolution of the images sent.
-        max_arrows (int): Arrows (Fig. 2) / circles (Fig. 3) per side.
+        max_per_side (int, optional): Arrows / circles per side (default: each figure's own).
         blank_if_missing (bool): Draw on a blank canvas when the image file cannot be read
             (logged once) instead of failing the run.
         prefix (str): Name prefix; images are named ``<prefix>_<kind>_img<id>_<layer>``.
@@ -54,11 +54,13 @@ class OffsetFigureHook(Hook):
                  interval: int = 1,
                  width: float = 6.5,
                  dpi: float = 100,
-                 max_arrows: int = 24,
+                 max_per_side: Optional[int] = None,
                  blank_if_missing: bool = True,
                  prefix: str = 'offsets') -> None:
         from ..visualization.render import check_kinds  # matplotlib only once the hook is used
-        for key, value in (('num_images', num_images), ('interval', interval), ('max_arrows', max_arrows)):
+        for key, value in (('num_images', num_images), ('interval', interval), ('max_per_side', max_per_side)):
+            if key == 'max_per_side' and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'OffsetFigureHook: {key} must be a positive integer, got {value!r}')
         if isinstance(figures, str):
@@ -71,7 +73,9 @@ class OffsetFigureHook(Hook):
             raise ValueError('OffsetFigureHook: figures is empty; name at least one figure kind')
         self.num_images, self.interval = num_images, interval
         self.layers = [layers] if isinstance(layers, str) else layers
-        self.options = dict(width=float(width), dpi=float(dpi), max_arrows=max_arrows, max_circles=max_arrows)
+        self.options = dict(width=float(width), dpi=float(dpi))
+        if max_per_side is not None:
+            self.options['max_per_side'] = max_per_side
         self.blank_if_missing = blank_if_missing
         self.prefix = prefix
         self._recorders = []

@@ -138,12 +138,12 @@ def _set_title(fig, ax, what: str, layer: LayerOffsets, group, own_figure: bool)
 
 # ---------------------------------------------------------------------- Fig. 1
 @matplotlib.rc_context(STYLE)
-def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, max_arrows: int = 12,
+def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, max_per_side: int = 12,
                              image: Optional[np.ndarray] = None, width: float = PAPER_WIDTH,
                              dpi: float = DEFAULT_DPI, cmap: str = 'viridis') -> Figure:
     """Fig. 1: one panel per kernel point (tap) with its offset field on the feature grid.
 
-    Small arrows: the tap's offset at regularly subsampled locations (at most ``max_arrows``
+    Small arrows: the tap's offset at regularly subsampled locations (at most ``max_per_side``
     per side), coloured by length; thick arrow at the panel centre: the tap's mean offset over
     all locations (all thick arrows share one scale, so taps compare). Axes are output-grid
     cells; arrows are drawn in that frame (offset / conv stride) and labelled in input-map
@@ -153,7 +153,7 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
     h, w = layer.grid_shape
     taps = _by_group(layer.fields, group, layer.num_groups)           # (K*K, 2, H, W), input px
     cy, cx = layer.geometry.conv_stride
-    rows, cols, step = _subsample((h, w), max_arrows)
+    rows, cols, step = _subsample((h, w), max_per_side)
     sub = taps[:, :, rows][:, :, :, cols]                               # (K*K, 2, h', w')
     u, v = sub[:, 1] / cx, sub[:, 0] / cy                               # grid units
     lengths_in = np.hypot(sub[:, 0], sub[:, 1])
@@ -208,7 +208,7 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
 # ---------------------------------------------------------------------- Fig. 2
 @matplotlib.rc_context(STYLE)
 def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=None,
-                       group: Optional[int] = None, max_arrows: int = 32, div_threshold: float = 0.0,
+                       group: Optional[int] = None, max_per_side: int = 32, div_threshold: float = 0.0,
                        arrow_scale: Optional[float] = None, mask_alpha: float = 0.4,
                        width: float = PAPER_WIDTH, dpi: float = DEFAULT_DPI, cmap: str = 'viridis') -> Figure:
     """Fig. 2: d_f arrows over the image and the negative-divergence region as a red mask.
@@ -232,7 +232,7 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
     ih, iw = geom.ori_shape
     ax.imshow(overlay, extent=(0, iw, ih, 0), interpolation='nearest')
 
-    rows, cols, step = _subsample(layer.grid_shape, max_arrows)
+    rows, cols, step = _subsample(layer.grid_shape, max_per_side)
     ys, xs = layer.cell_centres_image
     vec = _by_group(layer.d_f_image, group, layer.num_groups)[:, rows][:, :, cols]   # (2, h', w') image px
     lengths = np.hypot(vec[0], vec[1])
@@ -259,7 +259,7 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
 # ---------------------------------------------------------------------- Fig. 3
 @matplotlib.rc_context(STYLE)
 def plot_dk_extent(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=None,
-                   group: Optional[int] = None, max_circles: int = 32, rigid_fraction: float = 0.3,
+                   group: Optional[int] = None, max_per_side: int = 32, rigid_fraction: float = 0.3,
                    width: float = PAPER_WIDTH, dpi: float = DEFAULT_DPI, cmap: str = 'coolwarm') -> Figure:
     """Fig. 3: one circle per (subsampled) location, radius ∝ sqrt(width × height) of its kernel.
 
@@ -272,7 +272,7 @@ def plot_dk_extent(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=N
     fig, ax = _image_axes(layer, ax, width, dpi)
     _draw_image(ax, layer, image)
     geom = layer.geometry
-    rows, cols, step = _subsample(layer.grid_shape, max_circles)
+    rows, cols, step = _subsample(layer.grid_shape, max_per_side)
     ys, xs = layer.cell_centres_image
     radius = _by_group(layer.radius_image, group, layer.num_groups)
     rigid = layer.rigid_radius_image

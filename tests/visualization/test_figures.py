@@ -9,7 +9,7 @@ from deform_viz.analysis import LayerOffsets
 from deform_viz.dump import load_offset_dump
 from deform_viz.visualization import (FIGURES, ImageNotFoundError, figure_to_array, load_image, plot_df_divergence,
                                       plot_sampling_locations, render_dump, render_layer, save_figure)
-from synthetic_dumps import scaled_kernel_field, write_dump, write_image
+from analysis.synthetic_dumps import scaled_kernel_field, write_dump, write_image
 
 NAME = 'backbone.layer3.0.conv2'
 ORI, NET = (120, 160), (60, 80)            # the network saw the image at half size
