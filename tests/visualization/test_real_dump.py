@@ -1,0 +1,57 @@
+"""End to end on a trained detector: tools/test.py --dump-offsets, then both tools, and the hook in runner.val()."""
+import glob
+import json
+import os.path as osp
+
+import pytest
+from PIL import Image
+
+from conftest import cfg_options_argv, load_tool
+
+LAYER = 'backbone.layer3.0.conv2'
+
+
+def eval_options(tiny):
+    options = dict(tiny.cfg_options)
+    options['test_dataloader.dataset.pipeline.1.scale'] = (136, 136)   # resized: scale factor 0.85
+    options['val_dataloader.dataset.pipeline.1.scale'] = (136, 136)
+    return options
+
+
+@pytest.mark.slow
+def test_tools_on_a_real_dump(tiny_checkpoint, tmp_path, capsys):
+    dump_dir = tmp_path / 'dumps'
+    load_tool('test').main([tiny_checkpoint.config, tiny_checkpoint.checkpoint, '--work-dir', str(tmp_path / 'work'),
+                            '--cfg-options', *cfg_options_argv(eval_options(tiny_checkpoint)),
+                            '--dump-offsets', str(dump_dir), '--dump-options', 'max_images=2'])
+    assert len(glob.glob(str(dump_dir / '*.npz'))) == 2
+
+    written = load_tool('visualize_offsets').main([str(dump_dir), '--layer', LAYER, '--max-images', '1',
+                                                   '--out', str(tmp_path / 'figs'), '--dpi', '60'])
+    assert len(written) == 4
+    for path in written:
+        with Image.open(path) as im:
+            assert im.size[0] == 390 and im.size[1] > 200
+
+    ann = osp.join(tiny_checkpoint.data_root, 'annotations', 'instances_val.json')
+    report = load_tool('analyze_offsets').main([str(dump_dir), '--ann', ann, '--out', str(tmp_path / 'r.json')])
+    assert 'Effective dilation by region (2 images)' in capsys.readouterr().out
+    assert len(report['layers']) == 13                          # every DCN layer of c3-c5
+    layer = report['layers'][LAYER]
+    assert layer['num_objects'] > 0 and layer['negative_divergence_mask']['pixels']['truth'] > 0
+    counts = [layer['effective_dilation'][r]['count'] for r in ('small', 'medium', 'large', 'background')]
+    assert sum(counts) > 0
+    json.loads((tmp_path / 'r.json').read_text())
+
+
+@pytest.mark.slow
+def test_figure_hook_in_a_validation_run(tiny_checkpoint, tmp_path):
+    from deform_viz.engine import allow_mmengine_checkpoints, build_runner, load_config
+    cfg = load_config(tiny_checkpoint.config, eval_options(tiny_checkpoint), str(tmp_path / 'work'))
+    cfg.load_from = tiny_checkpoint.checkpoint
+    cfg.custom_hooks = [dict(type='OffsetFigureHook', num_images=2, layers=[LAYER], figures=['dk_extent'],
+                             dpi=40, width=4.0)]
+    allow_mmengine_checkpoints()
+    build_runner(cfg).val()
+    saved = sorted(osp.basename(p) for p in glob.glob(str(tmp_path / 'work' / '*' / 'vis_data' / 'vis_image' / '*')))
+    assert len(saved) == 2 and all(s.startswith('offsets_dk_extent_img') and LAYER in s for s in saved)
