@@ -1,0 +1,425 @@
+"""Deformable Kernels (Gao et al., ICLR 2020): the kernel is resampled, the data grid stays rigid.
+
+A K x K deformable kernel owns a larger S x S *scope* of weights (S >= K). Tap n = i*K + j sits at
+``base(i, j) + delta_n`` in scope coordinates, where ``base`` spaces the K taps evenly over
+``[0, S-1]`` (S = K gives the integer grid, K = 1 the scope centre) and ``delta_n`` is a learned
+kernel offset in units of scope cells. The position is clipped to ``[0, S-1]`` and the tap weight is
+the bilinear interpolation of the scope there (DK paper Eq. 7 and 12).
+
+Shapes (G = conv groups, C = input channels, O = output channels, L = Ho*Wo):
+
+* ``weight``         (O, C/G, Sh, Sw)   the scope weights.
+* local offsets      (N, 2*Kh*Kw, Ho, Wo), one offset set per output location.
+* global offsets     (N, 2*Kh*Kw), one offset set per image.
+* Offset channels follow mmcv's data offsets: ``[y0, x0, y1, x1, ...]``, tap n = i*Kw + j.
+* ``data_offset``    (N, 2*D*Kh*Kw, Ho, Wo) mmcv DCN layout, D deform groups (DCN + DK, Eq. 11).
+
+Local DK never builds a kernel per output location. With U(p) the K*K input columns at location p
+(C*K*K values) and B(p) the (K*K, S*S) bilinear weights, ``y(p) = W_scope . (B(p)^T U(p))``: a small
+per-location product (C*K^2*S^2 multiply-adds) followed by one GEMM with the scope weights
+(O*C*S^2), evaluated over chunks of output locations. Its autograd function saves only the input,
+the weights and B and recomputes the columns chunk by chunk in backward, so memory beyond the
+output stays bounded by the chunk size in both passes. Global DK resamples one kernel per image
+and runs it as an ordinary (grouped) convolution.
+
+Gradient w.r.t. kernel offsets. Bilinear interpolation is piecewise linear in the position, with
+kinks at integer scope coordinates, and the clip makes it constant outside the scope. The
+gradient used here is:
+
+* strictly inside a cell: the exact derivative (difference of neighbouring scope weights);
+* at an interior integer coordinate: the slope of the cell above it (right derivative);
+* at the scope border (position exactly 0 or S-1): the slope of the border cell, i.e. the
+  one-sided derivative from *inside* the scope (the clip passes the gradient at equality);
+* beyond the border (clipped): zero - the tap sits at the border and small offset changes do not
+  move it.
+
+The border rule matters at initialisation: with zero offsets and S = K the corner taps sit exactly
+on the border, and they still receive the inward gradient, so the offset predictor can learn.
+Taps whose offsets have run far outside receive no gradient through the kernel until the offset
+predictor moves them back for other reasons; that is the clip of the paper (Sec. 4: "clip
+sampling locations inside the original kernel space").
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+IntPair = Union[int, Sequence[int]]
+
+__all__ = [
+    'kernel_base_grid', 'kernel_sampling_weights', 'resample_kernel',
+    'deformable_kernel_local', 'deformable_kernel_global', 'default_chunk_size',
+]
+
+
+def _pair(value: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f'{name} must be an int or a pair of ints, got {value!r}')
+    return pair
+
+
+def kernel_base_grid(kernel_size: IntPair, scope: IntPair, *, dtype=torch.float32,
+                     device=None) -> Tensor:
+    """Rigid tap positions in scope coordinates, before any offset.
+
+    Returns (Kh*Kw, 2) with (y, x) per tap n = i*Kw + j: the K taps of an axis spaced evenly over
+    [0, S-1] (integers when S = K), a single tap at the centre (S-1)/2.
+    """
+    (kh, kw), (sh, sw) = _pair(kernel_size, 'kernel_size'), _pair(scope, 'scope')
+
+    def axis(k: int, s: int) -> Tensor:
+        if k == 1:
+            return torch.full((1,), (s - 1) / 2, dtype=dtype, device=device)
+        return torch.arange(k, dtype=dtype, device=device) * ((s - 1) / (k - 1))
+
+    ys, xs = torch.meshgrid(axis(kh, sh), axis(kw, sw), indexing='ij')
+    return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1)
+
+
+def _interp_1d(pos: Tensor, size: int) -> Tensor:
+    """Linear-interpolation weights (..., size) of clipped positions ``pos`` (...) on 0..size-1.
+
+    The floor index is capped at size-2 so that a position on the upper border uses the last
+    cell (inward one-sided slope); the clip passes the gradient at equality (see module doc).
+    """
+    if size == 1:  # a single cell: weight 1, zero gradient (kept in the graph)
+        return pos.unsqueeze(-1) * 0 + 1
+    pos = pos.clamp(0, size - 1)
+    low = pos.detach().floor().clamp(max=size - 2)
+    frac = (pos - low).unsqueeze(-1)
+    grid = torch.arange(size, dtype=pos.dtype, device=pos.device)
+    low = low.unsqueeze(-1)
+    return (1 - frac) * (grid == low).to(pos.dtype) + frac * (grid == low + 1).to(pos.dtype)
+
+
+def kernel_sampling_weights(kernel_offset: Tensor, kernel_size: IntPair, scope: IntPair) -> Tensor:
+    """Bilinear weights that place each kernel tap in the scope.
+
+    Args:
+        kernel_offset: (..., Kh*Kw, 2) offsets (dy, dx) in scope cells, per tap n = i*Kw + j.
+        kernel_size: K or (Kh, Kw).
+        scope: S or (Sh, Sw), each >= the kernel size.
+
+    Returns:
+        (..., Kh*Kw, Sh*Sw): row n holds the weights of tap n on the row-major scope grid
+        (at most four non-zeros summing to one). The tap's kernel value is ``row . scope``.
+    """
+    (kh, kw), (sh, sw) = _pair(kernel_size, 'kernel_size'), _pair(scope, 'scope')
+    _check_scope((kh, kw), (sh, sw))
+    if kernel_offset.shape[-2:] != (kh * kw, 2):
+        raise ValueError(f'kernel_offset must have shape (..., {kh * kw}, 2) for a {kh}x{kw} '
+                         f'kernel, got {tuple(kernel_offset.shape)}')
+    pos = kernel_offset + kernel_base_grid((kh, kw), (sh, sw), dtype=kernel_offset.dtype,
+                                           device=kernel_offset.device)
+    wy = _interp_1d(pos[..., 0], sh)
+    wx = _interp_1d(pos[..., 1], sw)
+    return (wy.unsqueeze(-1) * wx.unsqueeze(-2)).flatten(-2)
+
+
+def resample_kernel(weight: Tensor, kernel_offset: Tensor, kernel_size: IntPair) -> Tensor:
+    """Sample a K x K kernel from the scope weights, one per offset set.
+
+    Args:
+        weight: (O, C/G, Sh, Sw) scope weights.
+        kernel_offset: (N, 2*Kh*Kw) offsets, mmcv layout [y0, x0, y1, x1, ...].
+        kernel_size: K or (Kh, Kw).
+
+    Returns:
+        (N, O, C/G, Kh, Kw) resampled kernels.
+    """
+    kh, kw = _pair(kernel_size, 'kernel_size')
+    if kernel_offset.dim() != 2 or kernel_offset.shape[1] != 2 * kh * kw:
+        raise ValueError(f'kernel_offset must have shape (N, {2 * kh * kw}) for a {kh}x{kw} '
+                         f'kernel, got {tuple(kernel_offset.shape)}')
+    n = kernel_offset.shape[0]
+    sampling = kernel_sampling_weights(kernel_offset.view(n, kh * kw, 2), (kh, kw),
+                                       weight.shape[-2:])  # (N, KK, SS)
+    out_c, in_c = weight.shape[:2]
+    kernel = torch.einsum('ocs,nks->nock', weight.flatten(2), sampling)
+    return kernel.reshape(n, out_c, in_c, kh, kw)
+
+
+class _Geometry:
+    """Convolution geometry shared by the local/global ops (all pairs)."""
+
+    def __init__(self, x: Tensor, weight: Tensor, kernel_size, stride, padding, dilation,
+                 groups: int):
+        self.kernel = _pair(kernel_size, 'kernel_size')
+        self.stride = _pair(stride, 'stride')
+        self.padding = _pair(padding, 'padding')
+        self.dilation = _pair(dilation, 'dilation')
+        if x.dim() != 4:
+            raise ValueError(f'x must be (N, C, H, W), got shape {tuple(x.shape)}')
+        if weight.dim() != 4:
+            raise ValueError(f'weight must be (O, C/groups, Sh, Sw), got shape {tuple(weight.shape)}')
+        self.n, self.in_c, h, w = x.shape
+        self.out_c = weight.shape[0]
+        self.scope = tuple(weight.shape[2:])
+        _check_scope(self.kernel, self.scope)
+        if groups < 1 or self.in_c % groups or self.out_c % groups:
+            raise ValueError(f'in_channels ({self.in_c}) and out_channels ({self.out_c}) must be '
+                             f'divisible by groups ({groups})')
+        if weight.shape[1] * groups != self.in_c:
+            raise ValueError(f'weight has {weight.shape[1]} input channels per group; x has '
+                             f'{self.in_c} channels and groups={groups}, so expected '
+                             f'{self.in_c // groups}')
+        self.groups = groups
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel, self.stride, self.padding,
+                                                  self.dilation)
+        self.out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        self.out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if self.out_h < 1 or self.out_w < 1:
+            raise ValueError(f'input {h}x{w} is too small for kernel {kh}x{kw}, dilation '
+                             f'{self.dilation}, padding {self.padding}')
+        self.taps = kh * kw
+
+    def check_kernel_offset(self, kernel_offset: Tensor, local: bool) -> None:
+        expected = (self.n, 2 * self.taps) + ((self.out_h, self.out_w) if local else ())
+        if tuple(kernel_offset.shape) != expected:
+            kind = 'local (N, 2*Kh*Kw, Ho, Wo)' if local else 'global (N, 2*Kh*Kw)'
+            raise ValueError(f'{kind} kernel_offset must have shape {expected} for this input '
+                             f'and a {self.kernel[0]}x{self.kernel[1]} kernel, got '
+                             f'{tuple(kernel_offset.shape)}')
+
+    def check_data_offset(self, data_offset: Tensor) -> None:
+        shape = tuple(data_offset.shape)
+        if (data_offset.dim() != 4 or shape[0] != self.n or shape[2:] != (self.out_h, self.out_w)
+                or shape[1] % (2 * self.taps) or self.in_c % (shape[1] // (2 * self.taps) or 1)):
+            raise ValueError(f'data_offset must have shape (N, 2*deform_groups*{self.taps}, '
+                             f'{self.out_h}, {self.out_w}) with N={self.n} and deform_groups '
+                             f'dividing {self.in_c}, got {shape}')
+
+
+def _check_scope(kernel: Tuple[int, int], scope: Tuple[int, int]) -> None:
+    if min(kernel) < 1:
+        raise ValueError(f'kernel_size must be positive, got {kernel}')
+    if scope[0] < kernel[0] or scope[1] < kernel[1]:
+        raise ValueError(f'scope {scope[0]}x{scope[1]} is smaller than the kernel '
+                         f'{kernel[0]}x{kernel[1]}; the scope must be at least the kernel size')
+
+
+def default_chunk_size(in_channels: int, kernel_size: IntPair, scope: IntPair) -> int:
+    """Output locations per chunk of local DK: about 4 M column values (16 MB in float32)."""
+    (kh, kw), (sh, sw) = _pair(kernel_size, 'kernel_size'), _pair(scope, 'scope')
+    return max(64, (1 << 22) // (in_channels * (kh * kw + sh * sw)))
+
+
+def _data_columns(x: Tensor, data_offset: Tensor, geom: _Geometry) -> Tensor:
+    """Deformable sampling for DCN + DK: (N, C, Kh*Kw, Ho, Wo)."""
+    from .deform_conv import deform_sample
+    return deform_sample(x, data_offset, geom.kernel, geom.stride, geom.padding, geom.dilation)
+
+
+def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
+                            kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+                            dilation: IntPair = 1, groups: int = 1, bias: Optional[Tensor] = None,
+                            data_offset: Optional[Tensor] = None,
+                            chunk_size: Optional[int] = None) -> Tensor:
+    """Local deformable kernel convolution (one kernel offset set per output location).
+
+    Args:
+        x: (N, C, H, W) input.
+        weight: (O, C/groups, Sh, Sw) scope weights, Sh >= Kh, Sw >= Kw.
+        kernel_offset: (N, 2*Kh*Kw, Ho, Wo) kernel offsets in scope cells, [y0, x0, y1, x1, ...].
+        kernel_size, stride, padding, dilation: int or pair, as for ``nn.Conv2d``.
+        groups: conv groups (1, grouped, or depthwise = C).
+        bias: optional (O,).
+        data_offset: optional (N, 2*D*Kh*Kw, Ho, Wo) DCN data offsets (mmcv layout) for
+            DCN + DK (DK paper Eq. 11); the rigid columns are then replaced by deformable samples.
+        chunk_size: output locations processed at once (memory bound); default
+            :func:`default_chunk_size`.
+
+    Returns:
+        (N, O, Ho, Wo).
+    """
+    geom = _Geometry(x, weight, kernel_size, stride, padding, dilation, groups)
+    geom.check_kernel_offset(kernel_offset, local=True)
+    n, taps = geom.n, geom.taps
+    sampling = kernel_sampling_weights(
+        kernel_offset.view(n, taps, 2, geom.out_h * geom.out_w).permute(0, 3, 1, 2),
+        geom.kernel, geom.scope)  # (N, L, KK, SS)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(geom.in_c, geom.kernel, geom.scope)
+    if data_offset is None:
+        source, from_columns = x, False
+    else:
+        geom.check_data_offset(data_offset)
+        source, from_columns = _data_columns(x, data_offset, geom), True
+    out = _LocalDK.apply(source, weight, sampling.contiguous(), geom, from_columns,
+                         int(chunk_size))
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
+                             kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+                             dilation: IntPair = 1, groups: int = 1,
+                             bias: Optional[Tensor] = None,
+                             data_offset: Optional[Tensor] = None) -> Tensor:
+    """Global deformable kernel convolution (one kernel offset set per image).
+
+    Args:
+        x: (N, C, H, W) input.
+        weight: (O, C/groups, Sh, Sw) scope weights.
+        kernel_offset: (N, 2*Kh*Kw) kernel offsets in scope cells, [y0, x0, y1, x1, ...].
+        kernel_size, stride, padding, dilation, groups, bias: as for ``nn.Conv2d``.
+        data_offset: optional (N, 2*D*Kh*Kw, Ho, Wo) DCN data offsets (DCN + DK).
+
+    Returns:
+        (N, O, Ho, Wo). Without data offsets: the per-image resampled kernels (N, O, C/G, Kh, Kw)
+        run as one convolution with N*groups groups.
+    """
+    geom = _Geometry(x, weight, kernel_size, stride, padding, dilation, groups)
+    geom.check_kernel_offset(kernel_offset, local=False)
+    n, c, o, g = geom.n, geom.in_c, geom.out_c, groups
+    kernel = resample_kernel(weight, kernel_offset, geom.kernel)  # (N, O, C/G, Kh, Kw)
+    if data_offset is None:
+        conv = dict(stride=geom.stride, padding=geom.padding, dilation=geom.dilation)
+        if n == 1:
+            return F.conv2d(x, kernel[0], bias, groups=g, **conv)
+        out = F.conv2d(x.reshape(1, n * c, *x.shape[2:]), kernel.flatten(0, 1),
+                       None if bias is None else bias.repeat(n), groups=n * g, **conv)
+        return out.view(n, o, geom.out_h, geom.out_w)
+    geom.check_data_offset(data_offset)
+    columns = _data_columns(x, data_offset, geom)  # (N, C, KK, Ho, Wo)
+    out = torch.matmul(kernel.reshape(n, g, o // g, -1),
+                       columns.reshape(n, g, (c // g) * geom.taps, -1))  # (N, G, O/G, L)
+    out = out.reshape(n, o, geom.out_h, geom.out_w)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+class _LocalDK(Function):
+    """y(p) = W . (B(p)^T U(p)) over chunks of output rows, columns recomputed in backward.
+
+    source: x (N, C, H, W) (columns are unfolded here) or precomputed columns (N, C, KK, Ho, Wo).
+    weight: (O, C/G, Sh, Sw). sampling: B (N, L, KK, SS), contiguous.
+    Internally columns are (Lc, KK, C) (channels contiguous) and the scope-space columns
+    V = B^T U are (Lc, C, SS), so V's rows match the natural (O, C/G * SS) layout of the weight.
+    """
+
+    @staticmethod
+    def forward(ctx, source, weight, sampling, geom, from_columns, chunk_size):
+        ctx.save_for_backward(source, weight, sampling)
+        ctx.geom, ctx.from_columns, ctx.chunk_size = geom, from_columns, chunk_size
+        n, c, o, g, taps = geom.n, geom.in_c, geom.out_c, geom.groups, geom.taps
+        cols = _Columns(source, geom, from_columns, chunk_size)
+        w2 = weight.reshape(g, o // g, -1)  # (G, O/G, C/G * SS)
+        out = source.new_empty(n, geom.out_h * geom.out_w, o)
+        for b, l0, l1, u in cols:
+            v = torch.bmm(u.transpose(1, 2), sampling[b, l0:l1])  # (Lc, C, SS)
+            _group_matmul(v, w2, out=out[b, l0:l1])
+        return out.view(n, geom.out_h, geom.out_w, o).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        source, weight, sampling = ctx.saved_tensors
+        geom = ctx.geom
+        need_src, need_w, need_b = ctx.needs_input_grad[:3]
+        n, o, g, ss = geom.n, geom.out_c, geom.groups, sampling.shape[-1]
+        go = grad_out.permute(0, 2, 3, 1).reshape(n, -1, o)  # (N, L, O)
+        w2 = weight.reshape(g, o // g, -1)
+        grad_w = torch.zeros_like(w2) if need_w else None
+        grad_b = torch.empty_like(sampling) if need_b else None
+        cols = _Columns(source, geom, ctx.from_columns, ctx.chunk_size, want_grad=need_src)
+        for b, l0, l1, u in cols:
+            bc, goc = sampling[b, l0:l1], go[b, l0:l1]
+            lc = l1 - l0
+            if need_w:
+                v = torch.bmm(u.transpose(1, 2), bc).view(lc, g, -1)  # (Lc, G, C/G*SS)
+                grad_w.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), v.transpose(0, 1))
+            if need_src or need_b:
+                gv = torch.bmm(goc.view(lc, g, -1).transpose(0, 1), w2)  # (G, Lc, C/G*SS)
+                gv = gv.transpose(0, 1).reshape(lc, -1, ss)  # (Lc, C, SS)
+                if need_b:
+                    torch.bmm(u, gv, out=grad_b[b, l0:l1])
+                if need_src:
+                    cols.add_grad(b, l0, l1, torch.bmm(bc, gv.transpose(1, 2)))  # (Lc, KK, C)
+        return (cols.grad() if need_src else None,
+                grad_w.view_as(weight) if need_w else None, grad_b, None, None, None)
+
+
+def _group_matmul(v: Tensor, w2: Tensor, out: Tensor) -> None:
+    """out (Lc, O) = grouped product of v (Lc, C, SS) with w2 (G, O/G, C/G*SS)."""
+    g = w2.shape[0]
+    lc = v.shape[0]
+    if g == 1:
+        torch.mm(v.view(lc, -1), w2[0].t(), out=out)
+    else:
+        y = torch.bmm(v.view(lc, g, -1).transpose(0, 1), w2.transpose(1, 2))  # (G, Lc, O/G)
+        out.view(lc, g, -1).copy_(y.transpose(0, 1))
+
+
+class _Columns:
+    """Iterate chunks of im2col columns (Lc, KK, C) per image and row block; fold gradients back.
+
+    From the input: the image is padded once into channels-last (N, Hp, Wp, C) and each tap of a
+    chunk is a strided slice of it. From precomputed columns (N, C, KK, Ho, Wo): a permuted copy.
+    """
+
+    def __init__(self, source: Tensor, geom: _Geometry, from_columns: bool, chunk_size: int,
+                 want_grad: bool = False):
+        self.geom, self.from_columns = geom, from_columns
+        self.rows = max(1, min(geom.out_h, chunk_size // geom.out_w))
+        c, taps = geom.in_c, geom.taps
+        self.buffer = source.new_empty(self.rows * geom.out_w, taps, c)
+        if from_columns:
+            self.source = source
+            self.grad_source = torch.empty_like(source) if want_grad else None
+        else:
+            (ph, pw) = geom.padding
+            n, _, h, w = source.shape
+            self.source = source.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
+            self.source[:, ph:ph + h, pw:pw + w].copy_(source.permute(0, 2, 3, 1))
+            self.grad_source = torch.zeros_like(self.source) if want_grad else None
+
+    def _tap_slices(self, r0: int, r1: int):
+        (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
+        wo = self.geom.out_w
+        for i in range(kh):
+            y0 = r0 * sh + i * dh
+            rows = slice(y0, y0 + (r1 - r0 - 1) * sh + 1, sh)
+            for j in range(kw):
+                yield i * kw + j, rows, slice(j * dw, j * dw + (wo - 1) * sw + 1, sw)
+
+    def __iter__(self):
+        geom = self.geom
+        for b in range(geom.n):
+            for r0 in range(0, geom.out_h, self.rows):
+                r1 = min(r0 + self.rows, geom.out_h)
+                l0, l1 = r0 * geom.out_w, r1 * geom.out_w
+                u = self.buffer[:l1 - l0]
+                u4 = u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
+                if self.from_columns:
+                    u4.copy_(self.source[b, :, :, r0:r1].permute(2, 3, 1, 0))
+                else:
+                    for k, rows, cols in self._tap_slices(r0, r1):
+                        u4[:, :, k].copy_(self.source[b, rows, cols])
+                yield b, l0, l1, u
+
+    def add_grad(self, b: int, l0: int, l1: int, grad_u: Tensor) -> None:
+        """Accumulate d loss / d columns (Lc, KK, C) of a chunk into the source gradient."""
+        geom = self.geom
+        r0, r1 = l0 // geom.out_w, l1 // geom.out_w
+        g4 = grad_u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
+        if self.from_columns:
+            self.grad_source[b, :, :, r0:r1].copy_(g4.permute(3, 2, 0, 1))
+        else:
+            for k, rows, cols in self._tap_slices(r0, r1):
+                self.grad_source[b, rows, cols] += g4[:, :, k]
+
+    def grad(self) -> Tensor:
+        if self.from_columns:
+            return self.grad_source
+        (ph, pw) = self.geom.padding
+        h, w = self.grad_source.shape[1] - 2 * ph, self.grad_source.shape[2] - 2 * pw
+        return self.grad_source[:, ph:ph + h, pw:pw + w].permute(0, 3, 1, 2).contiguous()
