@@ -50,20 +50,17 @@ def match_layers(names: Iterable[str], patterns: Optional[Union[str, Sequence[st
 
 
 def dump_files(path: str) -> List[str]:
-    """The dump files at ``path``: the file itself, or every ``*.npz`` in a directory (sorted)."""
+    """The dump files at ``path``: the file itself, or a directory's dumps sorted by image id."""
+    from ..dump import offset_dump_paths
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f'offset dump {path!r} does not exist (expected a .npz file or a directory of them)')
-    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith('.npz')]
+    files = [str(p) for p in offset_dump_paths(path)]
     if not files:
         raise OffsetInputError(f'directory {path!r} holds no offset dumps (*.npz); '
                                f'make them with tools/test.py CONFIG CHECKPOINT --dump-offsets DIR')
-
-    def key(f):
-        stem = os.path.basename(f)[:-4]
-        return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
-    return sorted(files, key=key)
+    return files
 
 
 def iter_dumps(path: str, image_ids: Optional[Sequence] = None, max_images: Optional[int] = None) -> Iterator:

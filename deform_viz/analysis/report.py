@@ -69,11 +69,15 @@ def _num(v, digits=3, pct=False) -> str:
     return f'{100 * v:.1f} %' if pct else f'{v:.{digits}f}'
 
 
+def _count(n: int, word: str) -> str:
+    return f'{n} {word}' + ('' if n == 1 else 's')
+
+
 def format_markdown(report: dict) -> str:
     """The report as markdown: a DCN-Table-2-style table over layers, then one table per layer."""
     lo, hi = report['settings']['size_thresholds']
     layers = report['layers']
-    out = [f'## Effective dilation by region ({report["num_images"]} images)', '',
+    out = [f'## Effective dilation by region ({_count(report["num_images"], "image")})', '',
            f'Mean ± std in input-map pixels (zero offsets give the layer\'s dilation), locations counted in '
            f'brackets; small: sqrt(box area) < {lo:g} px, medium: < {hi:g} px, large: the rest; background: '
            f'outside every box.', '',
@@ -89,7 +93,7 @@ def format_markdown(report: dict) -> str:
         rho = lambda s: 'n/a' if s['rho'] is None else f'{s["rho"]:.3f} (p = {s["p_value"]:.2g})'  # noqa: E731
         out += ['', f'### {name}', '',
                 f'{info.get("variant") or info.get("type")}, stride {s_in} -> {s_out}, '
-                f'{r["num_images"]} images, {r["num_objects"]} objects.', '',
+                f'{_count(r["num_images"], "image")}, {_count(r["num_objects"], "object")}.', '',
                 '| measure | value | n |', '|---|---|---|']
         for g in REGIONS:
             e = r['effective_dilation'][g]

@@ -119,10 +119,10 @@ class OffsetFigureHook(Hook):
         self._detach()
 
     # ----------------------------------------------------------------- drawing
-    def _step(self, runner) -> int:
-        from mmengine.runner import EpochBasedTrainLoop
-        loop = getattr(runner, '_train_loop', None)  # never build a train loop for a val-only run
-        return runner.epoch if isinstance(loop, EpochBasedTrainLoop) else runner.iter
+    @staticmethod
+    def _step(runner) -> int:
+        """The epoch in epoch-based training (it is 0 otherwise), else the iteration."""
+        return runner.epoch if runner.epoch > 0 else runner.iter
 
     def _image(self, meta):
         from ..visualization import ImageNotFoundError, load_image
