@@ -487,15 +487,19 @@ def runs_of_work_dir(work_dir: str) -> List[Run]:
 # ----------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------
-def _diff(value: Optional[float], ref: Optional[float]) -> str:
-    if value is None or ref is None:
-        return ''
-    return f'{value - ref:+.3f}'
-
-
 def _runs_for(runs: Sequence[Run], detector: str, variant: str) -> List[Run]:
     return [r for r in runs if r.status == 'complete' and r.standard
             and r.detector == detector and r.variant == variant]
+
+
+def reference_variant(table: str, variant: str) -> Optional[str]:
+    """The row a table measures gains from: DK rows from the baseline (DCN + DK from DCN),
+    projected evaluations from the full-DCN run they were projected from."""
+    if table == 'deformable_kernels' and variant != 'baseline':
+        return 'dcn' if variant.startswith('dcn-') else 'baseline'
+    if table == 'test_time_projection' and variant != 'dcn':
+        return 'dcn'
+    return None
 
 
 def _run_label(run: Run) -> str:
@@ -511,29 +515,26 @@ def build_records(runs: Sequence[Run]) -> List[dict]:
     records = []
     used = set()
     for table in TABLES:
-        baseline_runs: Dict[str, List[Run]] = {}
         for row in paper_rows(table):
             matches = _runs_for(runs, row.detector, row.variant)
-            ref = None  # what the gain of this table is measured from
-            if table == 'deformable_kernels':
-                base = baseline_runs.setdefault(row.detector, _runs_for(runs, row.detector, 'baseline'))
-                ref = base[-1] if base else None
-            elif table == 'test_time_projection' and row.variant != 'dcn':
-                base = _runs_for(runs, row.detector, 'dcn')
-                ref = base[-1] if base else None
-            base_paper = None
-            if table == 'deformable_kernels' and row.source:
-                base_paper = next((p for p in paper_rows(table)
-                                   if p.detector == row.detector and p.variant == 'baseline'), None)
+            ref_variant = reference_variant(table, row.variant)
+            ref = None  # the run this row's gain is measured from
+            if ref_variant is not None:
+                found = _runs_for(runs, row.detector, ref_variant)
+                ref = found[-1] if found else None
+            ref_paper = None
+            if ref_variant is not None and row.source == 'dkernel':
+                ref_paper = next((p for p in paper_rows(table)
+                                  if p.detector == row.detector and p.variant == ref_variant), None)
             for run in matches or [None]:
                 rec = dict(table=table, detector=row.detector, variant=row.variant, row=row.name,
                            config=row.config, paper_source=row.source,
                            paper_bbox_ap=row.bbox_ap, paper_segm_ap=row.segm_ap,
                            status='not run', run=None, reason='', bbox_ap=None, segm_ap=None,
-                           bbox_diff=None, segm_diff=None, reference_run=None,
-                           bbox_gain=None, paper_bbox_gain=None, notes='')
-                if base_paper is not None and row.bbox_ap is not None and base_paper.bbox_ap is not None:
-                    rec['paper_bbox_gain'] = round(row.bbox_ap - base_paper.bbox_ap, 4)
+                           bbox_diff=None, segm_diff=None, reference=ref_variant, reference_run=None,
+                           bbox_gain=None, segm_gain=None, paper_bbox_gain=None, notes='')
+                if ref_paper is not None and row.bbox_ap is not None and ref_paper.bbox_ap is not None:
+                    rec['paper_bbox_gain'] = round(row.bbox_ap - ref_paper.bbox_ap, 4)
                 if run is not None:
                     used.add(id(run))
                     rec.update(status=run.status, run=_run_label(run), reason=run.reason,
@@ -543,11 +544,18 @@ def build_records(runs: Sequence[Run]) -> List[dict]:
                             rec['bbox_diff'] = round(run.bbox_ap - row.bbox_ap, 4)
                         if run.segm_ap is not None and row.segm_ap is not None:
                             rec['segm_diff'] = round(run.segm_ap - row.segm_ap, 4)
-                    if ref is not None and ref is not run and run.bbox_ap is not None and ref.bbox_ap is not None:
-                        rec['reference_run'] = _run_label(ref)
-                        rec['bbox_gain'] = round(run.bbox_ap - ref.bbox_ap, 4)
-                        if run.segm_ap is not None and ref.segm_ap is not None:
-                            rec['segm_gain'] = round(run.segm_ap - ref.segm_ap, 4)
+                    run_ref = ref
+                    if run.load_from and ref_variant is not None:
+                        # the evaluation of a checkpoint: measure it from the run that trained it
+                        ckpt_dir = osp.normpath(osp.dirname(run.load_from))
+                        run_ref = next((o for o in _runs_for(runs, row.detector, ref_variant)
+                                        if o.mode == 'train' and osp.normpath(o.work_dir) == ckpt_dir), ref)
+                    if run_ref is not None and run_ref is not run and run.bbox_ap is not None \
+                            and run_ref.bbox_ap is not None:
+                        rec['reference_run'] = _run_label(run_ref)
+                        rec['bbox_gain'] = round(run.bbox_ap - run_ref.bbox_ap, 4)
+                        if run.segm_ap is not None and run_ref.segm_ap is not None:
+                            rec['segm_gain'] = round(run.segm_ap - run_ref.segm_ap, 4)
                 records.append(rec)
     for run in runs:
         if id(run) in used:
@@ -558,8 +566,8 @@ def build_records(runs: Sequence[Run]) -> List[dict]:
                             paper_bbox_ap=None, paper_segm_ap=None, status=run.status,
                             run=_run_label(run) if run.session else run.work_dir, reason=run.reason,
                             bbox_ap=run.bbox_ap, segm_ap=run.segm_ap, bbox_diff=None, segm_diff=None,
-                            reference_run=None, bbox_gain=None, paper_bbox_gain=None,
-                            notes='; '.join(run.notes)))
+                            reference=None, reference_run=None, bbox_gain=None, segm_gain=None,
+                            paper_bbox_gain=None, notes='; '.join(run.notes)))
     return records
 
 
@@ -608,14 +616,16 @@ def format_markdown(records: Sequence[dict]) -> str:
 
     dk = [r for r in records if r['table'] == 'deformable_kernels']
     parts.append(f"\n## {TABLES['deformable_kernels']}\n\nPaper: {SOURCES['dkernel']} - another "
-                 'backbone and split, so compare gains over the baseline, not APs. '
-                 'Gain = this run - the baseline run above it.\n')
-    rows = [[DETECTORS[r['detector']], VARIANTS[r['variant']], _cell(r, 'bbox_ap'), _sgn(r['bbox_gain']),
-             (_cell(r, 'segm_ap') if r['detector'] == 'mask-rcnn' else 'NA'), _sgn(r.get('segm_gain')),
+                 'backbone and split, so compare gains, not APs. '
+                 'Gain = this run - the run of the row named under "gain over".\n')
+    rows = [[DETECTORS[r['detector']], VARIANTS[r['variant']], VARIANTS[r['reference']] if r['reference'] else '',
+             _cell(r, 'bbox_ap'), _sgn(r['bbox_gain']),
+             (_cell(r, 'segm_ap') if r['detector'] == 'mask-rcnn' else 'NA'), _sgn(r['segm_gain']),
              _fmt(r['paper_bbox_ap']) or '-', _sgn(r['paper_bbox_gain']), r['run'] or '', r['notes']]
             for r in dk]
-    parts.append(_md_table(['detector', '3x3 conv in c3-c5', 'AP bbox (run)', 'gain', 'AP segm (run)', 'gain',
-                            'AP bbox (DK paper, R-50-DW, test-dev)', 'paper gain', 'run', 'notes'], rows))
+    parts.append(_md_table(['detector', '3x3 conv in c3-c5', 'gain over', 'AP bbox (run)', 'gain',
+                            'AP segm (run)', 'gain', 'AP bbox (DK paper, R-50-DW, test-dev)', 'paper gain',
+                            'run', 'notes'], rows))
 
     tp = [r for r in records if r['table'] == 'test_time_projection']
     parts.append(f"\n## {TABLES['test_time_projection']}\n\nNeither paper ran this. "
@@ -623,7 +633,7 @@ def format_markdown(records: Sequence[dict]) -> str:
     rows = [[DETECTORS[r['detector']], VARIANTS[r['variant']], _fmt(r['paper_bbox_ap']) or '-',
              _cell(r, 'bbox_ap'), _sgn(r['bbox_gain']),
              (_fmt(r['paper_segm_ap']) or '-') if r['detector'] == 'mask-rcnn' else 'NA',
-             (_cell(r, 'segm_ap') if r['detector'] == 'mask-rcnn' else 'NA'), _sgn(r.get('segm_gain')),
+             (_cell(r, 'segm_ap') if r['detector'] == 'mask-rcnn' else 'NA'), _sgn(r['segm_gain']),
              r['run'] or '', r['notes']] for r in tp]
     parts.append(_md_table(['detector', 'offsets', 'AP bbox (paper)', 'AP bbox (run)', 'change',
                             'AP segm (paper)', 'AP segm (run)', 'change', 'run', 'notes'], rows))
@@ -645,8 +655,8 @@ def format_markdown(records: Sequence[dict]) -> str:
 
 
 FIELDS = ('table', 'detector', 'variant', 'row', 'config', 'status', 'run', 'reason', 'bbox_ap', 'segm_ap',
-          'paper_bbox_ap', 'paper_segm_ap', 'bbox_diff', 'segm_diff', 'paper_source', 'reference_run',
-          'bbox_gain', 'paper_bbox_gain', 'notes')
+          'paper_bbox_ap', 'paper_segm_ap', 'bbox_diff', 'segm_diff', 'paper_source', 'reference',
+          'reference_run', 'bbox_gain', 'segm_gain', 'paper_bbox_gain', 'notes')
 
 
 def format_csv(records: Sequence[dict]) -> str:
