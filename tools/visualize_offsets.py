@@ -55,6 +55,9 @@ def parse_args(argv=None):
                         "or those its predictor produced")
     parser.add_argument('--points', nargs='+', metavar='X,Y',
                         help='locations (image px) for the sampling figure; default: chosen from the fields')
+    parser.add_argument('--levels', type=int, default=1, metavar='N',
+                        help='sampling figure: compose N stacked deformable layers of the dump (the layer and '
+                        'the N-1 dumped layers feeding it), as the DCN paper\'s Fig. 6 (default 1)')
     parser.add_argument('--group', type=int, help='deform group to draw (default: mean of the groups; '
                         'group 0 for the sampling figure)')
     parser.add_argument('--div-threshold', type=float, default=0.0,
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument('--dpi', type=float, default=150, help='resolution of png files (default 150)')
     parser.add_argument('--width', type=float, default=6.5, help='figure width in inches (default 6.5)')
     args = parser.parse_args(argv)
-    for name in ('max_images', 'max_per_side'):
+    for name in ('max_images', 'max_per_side', 'levels'):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1, got {value}')
@@ -98,7 +101,8 @@ def main(argv=None) -> list:
         if args.layer:  # fail early, naming the layers there are
             match_layers(dump.layers, args.layer, where=str(dump.path))
         for layer, kind, fig in render_dump(dump, args.layer, args.figures, img_root=args.img_root,
-                                            blank=args.blank, source=args.offsets, **options):
+                                            blank=args.blank, source=args.offsets, levels=args.levels,
+                                            **options):
             written.append(save_figure(fig, figure_path(args.out, dump.meta['img_id'], layer, kind, args.format),
                                        args.format))
     print(f'wrote {len(written)} figures of {total} image(s) to {osp.abspath(args.out)}')

@@ -244,3 +244,76 @@ def layer_offsets(dump, patterns=None, source: str = 'used', skip_without_offset
     if not out:
         raise OffsetInputError('none of the selected layers has data offsets:\n' + '\n'.join(skipped))
     return out
+
+
+def _bilinear(field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Sample ``field`` (..., H, W) at fractional (rows, cols) (M,), clamped to the grid: (..., M)."""
+    h, w = field.shape[-2:]
+    rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    r0, c0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    fr, fc = rows - r0, cols - c0
+    return (field[..., r0, c0] * (1 - fr) * (1 - fc) + field[..., r0, c1] * (1 - fr) * fc
+            + field[..., r1, c0] * fr * (1 - fc) + field[..., r1, c1] * fr * fc)
+
+
+def stacked_sampling_positions(top: LayerOffsets, below: Sequence[LayerOffsets], row: int, col: int,
+                               group: int = 0) -> List[np.ndarray]:
+    """Where a location of ``top`` samples the image through a stack of deformable layers.
+
+    ``below`` are the deformable layers feeding ``top``, nearest first, each producing the map
+    the previous one reads (its output stride equals that layer's input stride; the 1x1 convs
+    of a bottleneck between them do not move positions). Level 0 holds the K*K taps of ``top``
+    at cell (row, col); level i holds, for every point of level i-1, the taps of ``below[i-1]``
+    there, with that layer's sampling offsets bilinearly interpolated at the fractional position
+    (clamped to its grid), as in the DCN paper's Fig. 5/6.
+
+    Returns a list of (M_i, 2) arrays of (y, x) original-image coordinates, M_i = (K*K)^(i+1).
+    """
+    if not 0 <= group < top.num_groups:
+        raise ValueError(f'group {group} does not exist; {top.name} has {top.num_groups} deform group(s)')
+    cy, cx = top.geometry.grid_to_input(row, col)
+    pos = top.sampling_offsets[group, :, :, row, col] + np.array([cy, cx])   # (K*K, 2) top input px
+    levels = [np.stack(top.geometry.input_to_image(pos[:, 0], pos[:, 1]), axis=1)]
+    upper = top
+    for lower in below:
+        if lower.image_id != top.image_id:
+            raise OffsetInputError(f'{lower.name} is from image {lower.image_id}, {top.name} from {top.image_id}')
+        if lower.geometry.output_stride != upper.geometry.input_stride:
+            raise OffsetInputError(
+                f'{lower.name} (output stride {lower.geometry.output_stride}) does not produce the map '
+                f'{upper.name} reads (input stride {upper.geometry.input_stride}); pass the layers feeding '
+                f'each other, nearest first')
+        g = min(group, lower.num_groups - 1)
+        # upper's input pixels are lower's output cells
+        rel = _bilinear(lower.sampling_offsets[g], pos[:, 0], pos[:, 1])      # (K*K, 2, M)
+        base_y, base_x = lower.geometry.grid_to_input(pos[:, 0], pos[:, 1])   # (M,) lower input px
+        ys = (rel[:, 0] + base_y[None]).T.reshape(-1)                         # (M * K*K,)
+        xs = (rel[:, 1] + base_x[None]).T.reshape(-1)
+        pos = np.stack([ys, xs], axis=1)
+        levels.append(np.stack(lower.geometry.input_to_image(ys, xs), axis=1))
+        upper = lower
+    return levels
+
+
+def feeding_layers(dump, top: str, depth: int, source: str = 'used') -> List[LayerOffsets]:
+    """Up to ``depth`` layers of ``dump`` that feed ``top`` one after the other, nearest first:
+    walking back in the dump's layer order (the model's module order), each the closest earlier
+    layer with data offsets, stopping where its output stride is not the input stride of the one
+    above. Layers that are not in the dump (rigid convs, unselected layers) are not seen."""
+    names = list(dump.layers)
+    if top not in names:
+        raise LayerNotFoundError(f'{dump.path}: no layer {top!r}; its layers are: {", ".join(names)}')
+    chain, upper = [], LayerOffsets.from_dump(dump, top, source)
+    for name in reversed(names[:names.index(top)]):
+        if len(chain) >= depth:
+            break
+        try:
+            candidate = LayerOffsets.from_dump(dump, name, source)
+        except OffsetInputError:
+            continue
+        if candidate.geometry.output_stride != upper.geometry.input_stride:
+            break  # a gap in the stack: composing further would be wrong
+        chain.append(candidate)
+        upper = candidate
+    return chain

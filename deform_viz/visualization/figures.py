@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Patch
 
-from ..analysis.fields import LayerOffsets
+from ..analysis.fields import LayerOffsets, stacked_sampling_positions
 from ..ops.offset_fields import rigid_grid
 
 PAPER_WIDTH = 6.5   # inches
@@ -343,7 +343,7 @@ def choose_points(layer: LayerOffsets, num_points: int = 3) -> list:
 @matplotlib.rc_context(STYLE)
 def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple[float, float]]] = None,
                             image: Optional[np.ndarray] = None, ax=None, group: Optional[int] = None,
-                            num_points: int = 3,
+                            num_points: int = 3, below: Sequence[LayerOffsets] = (),
                             width: float = PAPER_WIDTH, dpi: float = DEFAULT_DPI) -> Figure:
     """Where each kernel point of a few locations samples the image (DCN paper, Fig. 5/6).
 
@@ -351,6 +351,11 @@ def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple
     :func:`choose_points` picks ``num_points`` cells. For each: a star at the location, crosses
     at the rigid kernel's taps, filled dots at the deformed taps (area ∝ the DCNv2 modulation
     when the dump has a mask) joined to their rigid tap. Shows deform group ``group`` (None: 0).
+
+    ``below``: deformable layers feeding this one, nearest first (see
+    :func:`~deform_viz.analysis.fields.feeding_layers`); their taps are composed under each
+    shown tap and drawn as smaller dots, level by level ((K*K)^2 points for two layers, ...),
+    as in the DCN paper's Fig. 6.
     """
     group = 0 if group is None else group
     own = ax is None
@@ -380,6 +385,12 @@ def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple
         sy, sx = layer.sampling_image[group, :, 0, r, c], layer.sampling_image[group, :, 1, r, c]
         centre_y, centre_x = geom.grid_to_image(r, c)
         shown.append(np.stack([np.concatenate([rigid_x, sx]), np.concatenate([rigid_y, sy])]))
+        if below:
+            levels = stacked_sampling_positions(layer, below, r, c, group)
+            for depth, points_yx in enumerate(levels[1:], 1):
+                ax.scatter(points_yx[:, 1], points_yx[:, 0], s=max(14.0 / (depth + 1), 2.0), color=colour,
+                           alpha=0.75, linewidths=0, zorder=2)
+                shown.append(points_yx[:, ::-1].T)
         sizes = 22.0 if layer.mask is None else 4.0 + 36.0 * layer.mask[group, :, r, c]
         for x0, y0, x1, y1 in zip(rigid_x, rigid_y, sx, sy):
             ax.plot([x0, x1], [y0, y1], '-', color=colour, lw=0.6, alpha=0.8)
@@ -394,9 +405,14 @@ def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple
                 Line2D([], [], marker='x', ls='', color='grey', label='rigid taps'),
                 Line2D([], [], marker='o', ls='', color='grey', mec='black',
                        label='deformed taps' + (' (area ∝ mask)' if layer.mask is not None else ''))]
+    for depth, lower in enumerate(below, 1):
+        taps = int(np.prod(lower.kernel_size))
+        handles.append(Line2D([], [], marker='o', ls='', color='grey', ms=3,
+                              label=f'through {lower.name}: {len(layer.fields[0]) * taps ** depth} points'))
     ax.legend(handles=handles, loc='lower left', framealpha=0.85)
     _include_points(ax, np.concatenate(shown, axis=1), geom.ori_shape)
     _set_title(fig, ax, f'sampling locations of {len(cells)} location(s) · '
-                        f'{layer.kernel_size[0]}×{layer.kernel_size[1]} taps',
+                        f'{layer.kernel_size[0]}×{layer.kernel_size[1]} taps'
+                        + (f' · {len(below) + 1} stacked layers' if below else ''),
                layer, group if layer.num_groups > 1 else None, own)
     return fig

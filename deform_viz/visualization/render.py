@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..analysis.fields import LayerOffsets, layer_offsets
+from ..analysis.fields import LayerOffsets, feeding_layers, layer_offsets
 from .figures import plot_df_divergence, plot_dk_extent, plot_kernel_point_fields, plot_sampling_locations
 from .image import load_image
 
@@ -32,7 +32,7 @@ def check_kinds(kinds: Optional[Sequence[str]]) -> Tuple[str, ...]:
 
 
 def _accepted(function) -> set:
-    return set(inspect.signature(function).parameters) - {'layer', 'image', 'ax'}
+    return set(inspect.signature(function).parameters) - {'layer', 'image', 'ax', 'below'}
 
 
 def render_layer(layer: LayerOffsets, kind: str, image: Optional[np.ndarray] = None, **options) -> Figure:
@@ -42,15 +42,19 @@ def render_layer(layer: LayerOffsets, kind: str, image: Optional[np.ndarray] = N
     Fig. 2) are ignored, so one set of options can serve every kind.
     """
     function, uses_image = FIGURES[check_kinds([kind])[0]]
-    kwargs = {k: v for k, v in options.items() if k in _accepted(function)}
+    kwargs = {k: v for k, v in options.items() if k in _accepted(function) or (k == 'below' and kind == 'sampling')}
     if uses_image:
         return function(layer, image=image, **kwargs)
     return function(layer, **kwargs)
 
 
 def render_dump(dump, layers=None, kinds: Optional[Sequence[str]] = None, img_root: Optional[str] = None,
-                blank: bool = False, source: str = 'used', **options) -> Iterator[Tuple[str, str, Figure]]:
+                blank: bool = False, source: str = 'used', levels: int = 1,
+                **options) -> Iterator[Tuple[str, str, Figure]]:
     """Yield ``(layer name, kind, Figure)`` for the selected layers of a loaded dump.
+
+    ``levels`` > 1 makes the sampling figure compose that many stacked deformable layers of the
+    dump (the layer and the ones feeding it, see :func:`feeding_layers`), as the DCN paper's Fig. 6.
 
     The image is read once from the dump's ``img_path`` (or ``img_root``); a missing file raises
     :class:`~.image.ImageNotFoundError` unless ``blank``. Layers without data offsets (pure
@@ -67,9 +71,14 @@ def render_dump(dump, layers=None, kinds: Optional[Sequence[str]] = None, img_ro
     image = None
     if any(FIGURES[k][1] for k in kinds):
         image = load_image(dump.meta, img_root=img_root, blank=blank)
+    if levels < 1:
+        raise ValueError(f'levels must be at least 1, got {levels}')
     for layer in chosen:
         for kind in kinds:
-            yield layer.name, kind, render_layer(layer, kind, image, **options)
+            extra = {}
+            if kind == 'sampling' and levels > 1:
+                extra['below'] = feeding_layers(dump, layer.name, levels - 1, source)
+            yield layer.name, kind, render_layer(layer, kind, image, **options, **extra)
 
 
 def figure_path(out_dir: str, image_id, layer_name: str, kind: str, fmt: str = 'png') -> str:

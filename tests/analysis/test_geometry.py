@@ -97,3 +97,37 @@ def test_geometry_rejects_bad_metadata():
         FeatureGeometry((2, 2), (4, 4), (8, 8), (16, 16), (16, 16), (1, 1), flip_direction='sideways')
     with pytest.raises(GeometryError, match="no 'input_stride'"):
         FeatureGeometry.from_meta(dict(img_shape=[8, 8], ori_shape=[8, 8]), dict(name='x', output_stride=8), (1, 1))
+
+
+def test_stacked_sampling_composes_layers(tmp_path):
+    from deform_viz.analysis.fields import feeding_layers, stacked_sampling_positions
+    zero = np.zeros((1, 9, 2, 8, 8), np.float32)
+    shifted = zero.copy()
+    shifted[0, :, 1] = 1.0                         # the lower layer samples one input px to the right
+    layers = {'stage3.a': (dict(s_in=8, s_out=16), np.zeros((1, 9, 2, 4, 4), np.float32)),
+              'stage4.b': (dict(s_in=16, s_out=16), zero[..., :4, :4]),
+              'stage4.c': (dict(s_in=16, s_out=16), zero[..., :4, :4])}
+    dump = load_offset_dump(write_dump(tmp_path, 1, layers, ori_shape=(64, 64)))
+    assert [lo.name for lo in feeding_layers(dump, 'stage4.c', 5)] == ['stage4.b', 'stage3.a']
+    assert feeding_layers(dump, 'stage3.a', 2) == []
+
+    dump = load_offset_dump(write_dump(tmp_path, 2, {'low': (dict(s_in=8, s_out=8), shifted),
+                                                     'top': (dict(s_in=8, s_out=8), zero)}, ori_shape=(64, 64)))
+    top = LayerOffsets.from_dump(dump, 'top')
+    below = feeding_layers(dump, 'top', 1)
+    level0, level1 = stacked_sampling_positions(top, below, 4, 4)
+    assert level0.shape == (9, 2) and level1.shape == (81, 2)
+    # rigid 3x3 of a rigid 3x3: offsets -2..2 cells (8 image px each) around (4, 4), the lower layer's
+    # shift adds one input px = 8 image px to every x
+    dy = np.round((level1[:, 0] - (4 * 8 + 0.5)) / 8).astype(int)
+    dx = np.round((level1[:, 1] - (4 * 8 + 0.5) - 8) / 8).astype(int)
+    counts = {}
+    for pair in zip(dy, dx):
+        counts[pair] = counts.get(pair, 0) + 1
+    assert counts[(0, 0)] == 9 and counts[(2, 2)] == 1 and set(dy) == set(dx) == {-2, -1, 0, 1, 2}
+    first = load_offset_dump(tmp_path / '1.npz')
+    with pytest.raises(ValueError, match='does not produce the map'):
+        stacked_sampling_positions(LayerOffsets.from_dump(first, 'stage3.a'),
+                                   [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
+    with pytest.raises(ValueError, match='from image 1'):
+        stacked_sampling_positions(top, [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)

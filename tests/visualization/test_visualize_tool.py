@@ -44,6 +44,11 @@ def test_tool_writes_one_file_per_image_layer_and_figure(visualize, dumps, tmp_p
         '10/backbone.layer3.0.conv2.dk_extent.pdf', '10/backbone.layer4.0.conv2.dk_extent.pdf']
     assert open(written[0], 'rb').read(5) == b'%PDF-'
 
+    # DCN Fig. 6 style: two stacked layers
+    written = visualize([str(dumps), '--out', str(out / 'stack'), '--layer', 'layer4', '--image', '2',
+                         '--figures', 'sampling', '--levels', '2', '--dpi', '40'])
+    assert len(written) == 1 and os.path.getsize(written[0]) > 5000
+
     # default output folder next to the dump; --max-images
     written = visualize([str(dumps), '--max-images', '1', '--figures', 'kernel_points', '--dpi', '30'])
     assert all(p.startswith(str(dumps) + '_figures' + os.sep + '2' + os.sep) for p in written)
