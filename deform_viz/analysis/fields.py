@@ -145,13 +145,6 @@ class LayerOffsets:
     def grid_shape(self):
         return self.fields.shape[-2:]
 
-    def describe(self) -> str:
-        """Short label for titles: layer, variant, strides."""
-        s_in, s_out = self.geometry.input_stride, self.geometry.output_stride
-        fmt = lambda s: f'{s[0]:g}' if s[0] == s[1] else f'{s[0]:g}x{s[1]:g}'  # noqa: E731
-        variant = self.info.get('variant') or self.info.get('type', '')
-        return f'{self.name} ({variant}, stride {fmt(s_in)}->{fmt(s_out)})'
-
     # ------------------------------------------------------------------ input-pixel quantities
     @cached_property
     def _t(self) -> torch.Tensor:

@@ -146,8 +146,9 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
     Small arrows: the tap's offset at regularly subsampled locations (at most ``max_per_side``
     per side), coloured by length; thick arrow at the panel centre: the tap's mean offset over
     all locations (all thick arrows share one scale, so taps compare). Axes are output-grid
-    cells; arrows are drawn in that frame (offset / conv stride) and labelled in input-map
-    pixels. ``image`` (original coordinates) is shown faintly underneath when given.
+    cells, in the frame the network saw (mirrored if the dumped image was flipped); arrows are
+    drawn in that frame (offset / conv stride) and labelled in input-map pixels. ``image``
+    (original coordinates, e.g. from :func:`load_image`) is shown faintly underneath when given.
     """
     kh, kw = layer.kernel_size
     h, w = layer.grid_shape
@@ -157,7 +158,9 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
     sub = taps[:, :, rows][:, :, :, cols]                               # (K*K, 2, h', w')
     u, v = sub[:, 1] / cx, sub[:, 0] / cy                               # grid units
     lengths_in = np.hypot(sub[:, 0], sub[:, 1])
-    scale, key = _arrow_scale(np.hypot(u, v).ravel(), step)
+    scale, _ = _arrow_scale(np.hypot(u, v).ravel(), step)
+    moving = lengths_in[lengths_in > 0]
+    key = _nice(float(np.percentile(moving, 95)) if moving.size else 1.0)   # input px
     norm = colors.Normalize(0, max(float(lengths_in.max()), 1e-6))
     means = taps.mean(axis=(-2, -1))                                    # (K*K, 2) input px
     mean_len = np.hypot(means[:, 0] / cy, means[:, 1] / cx)
@@ -196,7 +199,7 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
         if j == 0:
             ax.set_ylabel('row')
     _reserve_bottom(fig, 0.28 / fig.get_size_inches()[1])
-    axes[0, 0].quiverkey(q, 0.04, 0.1 / fig.get_size_inches()[1], key / max(cx, cy),
+    axes[0, 0].quiverkey(q, 0.04, 0.1 / fig.get_size_inches()[1], key / cx,
                          f'small arrows: {key:g} input px', labelpos='E', coordinates='figure',
                          fontproperties={'size': 7})
     fig.colorbar(ScalarMappable(norm, cmap), ax=axes, shrink=0.85, label='|offset| (input px)')
