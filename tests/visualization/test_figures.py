@@ -86,7 +86,7 @@ def test_fig2_paints_exactly_the_negative_divergence_cells(tmp_path):
         offset = np.repeat((sign * d_f)[None, None], 9, axis=1).astype(np.float32)
         path = write_dump(tmp_path, 1, {NAME: ({}, offset)}, ori_shape=(40, 40))
         layer = LayerOffsets.from_dump(load_offset_dump(path), NAME)
-        fig = plot_df_divergence(layer, None, dpi=50, width=3.0, max_arrows=1)
+        fig = plot_df_divergence(layer, None, dpi=50, width=3.0, max_per_side=1)
         rgb = figure_to_array(fig).astype(int)
         reddish = (rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)
         assert (reddish.sum() > 500) == painted
