@@ -22,6 +22,7 @@ All figures are drawn in ``image`` coordinates, on the original image file, with
 ``imshow(extent=(0, width, height, 0))`` so that pixel k spans [k, k+1) there too.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -197,12 +198,11 @@ class FeatureGeometry:
     def pixel_cells(self):
         """For every original-image pixel (centre k + 0.5): its nearest cell and an in-grid flag.
 
-        Returns (rows, cols, inside), each (ori_h, ori_w); used to paint per-cell values
+        Returns (rows, cols, inside), each (ori_h, ori_w), read-only and shared by equal
+        geometries (layers of one image with the same strides); used to paint per-cell values
         (e.g. the negative-divergence mask) at image resolution.
         """
-        h, w = self.ori_shape
-        ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
-        return self.image_to_grid(ys, xs)
+        return _pixel_cells(self)
 
     def to_image_resolution(self, values: np.ndarray, fill=0):
         """Paint a (..., H, W) per-cell array onto the original image (nearest cell; pixels
@@ -224,3 +224,13 @@ class FeatureGeometry:
     def cell_size_on_image(self) -> Tuple[float, float]:
         """Size (y, x) of one output cell in original-image pixels."""
         return (self.output_stride[0] / self.scale_factor[1], self.output_stride[1] / self.scale_factor[0])
+
+
+@lru_cache(maxsize=16)
+def _pixel_cells(geometry: FeatureGeometry):
+    h, w = geometry.ori_shape
+    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
+    out = geometry.image_to_grid(ys, xs)
+    for array in out:
+        array.setflags(write=False)
+    return out
