@@ -93,6 +93,8 @@ class FeatureGeometry:
         scale = meta.get('scale_factor')
         if scale is None:  # no Resize in the pipeline: derive it from the shapes
             scale = (img_shape[1] / ori_shape[1], img_shape[0] / ori_shape[0])
+        elif isinstance(scale, (list, tuple)) and len(scale) == 4:  # mmdet 2.x: (sx, sy, sx, sy)
+            scale = scale[:2]
         flip_direction = meta.get('flip_direction') if meta.get('flip') else None
         padding = layer_info.get('padding')
         return cls(
