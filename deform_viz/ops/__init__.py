@@ -7,3 +7,6 @@ __all__ = [
     'divergence', 'effective_dilation', 'extent_radius', 'kernel_extent', 'merge_offsets',
     'offset_df', 'offset_dk', 'project_offsets', 'sampling_positions', 'split_offsets',
 ]
+
+from .deform_conv import deform_conv2d_torch, deform_sample  # noqa: E402
+__all__ += ['deform_conv2d_torch', 'deform_sample']

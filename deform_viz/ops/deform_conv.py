@@ -12,7 +12,7 @@ integer corners around ``(y, x)``, corners outside the map count as 0, and a sam
 either). DCNv2 multiplies each sample by ``mask[g*Kh*Kw + n, ho, wo]``.
 
 How it is fast on CPU: the input is laid out channels-last as one row of channels per pixel
-(plus one zero row that out-of-range corners point to). A sample is then a weighted sum of four
+(with a one-pixel zero border for the corners just outside the map). A sample is then a weighted sum of four
 rows, which is exactly ``F.embedding_bag(..., per_sample_weights=..., mode='sum')``: one fused,
 multithreaded gather whose backward gives both the input gradient (a scatter of the weighted
 rows) and the gradient of the four corner weights, from which autograd gets the offset and mask
@@ -78,15 +78,16 @@ def _bilinear_taps(offset: Tensor, mask: Optional[Tensor], in_size, kernel_size,
 
     offset ``(N, 2*G*K*K, Ho, Wo)``, mask ``(N, G*K*K, Ho, Wo)`` or None ->
     index ``(M, 4)`` int64 and weights ``(M, 4)`` with ``M = N*Ho*Wo*K*K*G`` ordered (n, ho, wo, tap, g).
-    Index points into the row table of :func:`_input_rows` (``N*H*W*G`` rows + a zero row);
-    weights are differentiable functions of offset and mask.
+    Index points into the row table of :func:`_input_rows`, whose one-pixel zero border holds the
+    corners that fall just outside the map; samples outside (-1, H) x (-1, W) get zero weights.
+    Weights are differentiable functions of offset and mask.
     """
     n, _, ho, wo = offset.shape
     (h, w), (kh, kw) = in_size, kernel_size
     taps = kh * kw
     groups = offset.shape[1] // (2 * taps)
     dev = offset.device
-    fields = offset.view(n, groups, taps, 2, ho, wo).permute(0, 4, 5, 2, 1, 3)  # (N, Ho, Wo, KK, G, 2)
+    fields = offset.view(n, groups, taps, 2, ho, wo).permute(0, 4, 5, 2, 1, 3).contiguous()  # (N, Ho, Wo, KK, G, 2)
     tap_y = (torch.arange(kh, device=dev) * dilation[0]).repeat_interleave(kw)
     tap_x = (torch.arange(kw, device=dev) * dilation[1]).repeat(kh)
     base_y = (torch.arange(ho, device=dev) * stride[0] - padding[0])[:, None, None, None] + tap_y[:, None]
@@ -94,34 +95,30 @@ def _bilinear_taps(offset: Tensor, mask: Optional[Tensor], in_size, kernel_size,
     y = fields[..., 0] + base_y.to(offset.dtype)  # (N, Ho, Wo, KK, G)
     x = fields[..., 1] + base_x.to(offset.dtype)
     inside = (y > -1) & (y < h) & (x > -1) & (x < w)
-    y0, x0 = y.detach().floor(), x.detach().floor()
+    # floor, kept inside the padded table for the samples whose weights are zeroed anyway
+    y0 = y.detach().floor().nan_to_num_(nan=-1).clamp_(-1, h - 1)
+    x0 = x.detach().floor().nan_to_num_(nan=-1).clamp_(-1, w - 1)
     ly, lx = y - y0, x - x0
-    hy, hx = 1 - ly, 1 - lx
+    wy = torch.stack((1 - ly, ly), dim=-1)
+    wx = torch.stack((1 - lx, lx), dim=-1)
     scale = inside.to(offset.dtype)
     if mask is not None:
-        scale = scale * mask.view(n, groups, taps, ho, wo).permute(0, 3, 4, 2, 1)
-    weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=-1) * scale[..., None]
+        scale = scale * mask.view(n, groups, taps, ho, wo).permute(0, 3, 4, 2, 1)  # contiguous like scale
+    weights = (wy[..., :, None] * wx[..., None, :]).flatten(-2) * scale[..., None]
 
-    y0, x0 = y0.long(), x0.long()
-    row0 = (torch.arange(n, device=dev)[:, None, None, None, None] * h + y0) * w
-    group = torch.arange(groups, device=dev)
-    zero_row = n * h * w * groups
-    corners = []
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        cy, cx = y0 + dy, x0 + dx
-        valid = inside & (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
-        corners.append(torch.where(valid, (row0 + dy * w + cx) * groups + group, zero_row))
-    index = torch.stack(corners, dim=-1)
-    return index.view(-1, 4), weights.reshape(-1, 4)
+    pw = w + 2  # padded width
+    image = torch.arange(n, device=dev)[:, None, None, None, None] * (h + 2)
+    first = ((image + y0.long() + 1) * pw + x0.long() + 1) * groups + torch.arange(groups, device=dev)
+    corners = torch.tensor([0, 1, pw, pw + 1], device=dev) * groups
+    return (first[..., None] + corners).reshape(-1, 4), weights.reshape(-1, 4)
 
 
 def _input_rows(x: Tensor, groups: int) -> Tensor:
-    """``(N, C, H, W)`` -> row table ``(N*H*W*G + 1, C/G)``: channels-last, last row zero. Not differentiable."""
+    """``(N, C, H, W)`` -> row table ``(N*(H+2)*(W+2)*G, C/G)``: channels-last with a zero border."""
     n, c, h, w = x.shape
-    rows = x.new_empty(n * h * w * groups + 1, c // groups)
-    rows[:-1].view(n, h, w, c).copy_(x.permute(0, 2, 3, 1))
-    rows[-1].zero_()
-    return rows
+    rows = x.new_zeros(n, h + 2, w + 2, c)
+    rows[:, 1:-1, 1:-1].copy_(x.permute(0, 2, 3, 1))
+    return rows.view(-1, c // groups)
 
 
 def _gather(index: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
@@ -150,7 +147,7 @@ def deform_sample(x: Tensor, offset: Tensor, kernel_size: Pair, stride: Pair = 1
     n, c, h, w = x.shape
     ho, wo = offset.shape[2:]
     index, weights = _bilinear_taps(offset, mask, (h, w), kernel_size, stride, padding, dilation)
-    rows = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, c // groups), x.new_zeros(1, c // groups)])
+    rows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, c // groups)
     cols = _gather(index, rows, weights)
     return cols.view(n, ho, wo, kernel_size[0] * kernel_size[1], c).permute(0, 4, 3, 1, 2)
 
@@ -242,10 +239,16 @@ class _DeformConv2dFunction(torch.autograd.Function):
             with torch.set_grad_enabled(need_x or need_taps):
                 cols = _gather(index[s], rows_leaf, weights_leaf)
             if need_weight:
-                cols_g = _split_groups(cols.detach().view(b - a, -1), taps, groups)
-                grad_wmat.baddbmm_(grad_g[:, a:b].transpose(1, 2), cols_g)
+                if groups == 1:
+                    grad_wmat[0].addmm_(grad[a:b].t(), cols.detach().view(b - a, -1))
+                else:
+                    cols_g = _split_groups(cols.detach().view(b - a, -1), taps, groups)
+                    grad_wmat.baddbmm_(grad_g[:, a:b].transpose(1, 2), cols_g)
             if need_x or need_taps:
-                grad_cols = _merge_groups(torch.bmm(grad_g[:, a:b], wmat), taps).view_as(cols)
+                if groups == 1:
+                    grad_cols = torch.mm(grad[a:b], wmat[0]).view_as(cols)
+                else:
+                    grad_cols = _merge_groups(torch.bmm(grad_g[:, a:b], wmat), taps).view_as(cols)
                 inputs = [t for t, need in ((rows_leaf, need_x), (weights_leaf, need_taps)) if need]
                 grads = list(torch.autograd.grad(cols, inputs, grad_cols))
                 if need_x:
@@ -256,7 +259,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
 
         grad_x = grad_offset = grad_mask = grad_weight = grad_bias = None
         if need_x:
-            grad_x = grad_rows[:-1].view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+            grad_x = grad_rows.view(n, h + 2, w + 2, c)[:, 1:-1, 1:-1].permute(0, 3, 1, 2).contiguous()
         if need_taps:
             leaves = [t for t, need in ((offset_leaf, need_offset), (mask_leaf, need_mask)) if need]
             grads = list(torch.autograd.grad(weights, leaves, grad_weights))

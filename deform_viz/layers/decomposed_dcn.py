@@ -1,0 +1,167 @@
+"""Deformable conv whose predicted offsets can be reduced to d_f or d_k before sampling.
+
+``DecomposedDCN`` is a drop-in for mmcv's ``DCN`` (``DeformConv2dPack``) and, with
+``modulated=True``, ``DCNv2`` (``ModulatedDeformConv2dPack``): same constructor, same
+``conv_offset`` predictor, same state dict. Before sampling, the offsets are projected with
+:func:`deform_viz.ops.offset_fields.project_offsets`:
+
+- ``component='full'``: the offsets as predicted (the plain DCN);
+- ``component='df'``:   every tap gets d_f, the mean offset over the K*K taps ("revisiting" Eq. 2);
+- ``component='dk'``:   every tap gets its offset minus d_f (Eq. 3).
+
+Because the state dict is mmcv's, a checkpoint trained with ``DCN``/``DCNv2`` loads into
+``DFOnlyDCN``/``DKOnlyDCN`` unchanged, which is the test-time projection ablation.
+"""
+import math
+
+import torch
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ..ops.deform_conv import deform_conv2d_torch
+from ..ops.offset_fields import COMPONENTS, project_offsets
+
+BACKENDS = ('auto', 'torch', 'mmcv')
+
+
+@MODELS.register_module()
+class DecomposedDCN(nn.Module):
+    """DCN (v1, or v2 with ``modulated=True``) that samples with the full, d_f or d_k offsets.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,
+        bias: as mmcv's ``DeformConv2dPack`` (``bias`` is also allowed for v1 here).
+        component: ``'full'``, ``'df'`` or ``'dk'``: which part of the predicted offsets is used.
+        modulated: DCNv2 (``conv_offset`` also predicts a sigmoid mask per tap).
+        backend: ``'torch'`` (:func:`deform_conv2d_torch`), ``'mmcv'`` (mmcv's compiled op) or
+            ``'auto'``: mmcv's op for CUDA tensors, the torch path otherwise.
+        im2col_step: passed to mmcv's v1 op (as in mmcv).
+
+    Shapes: input ``(N, in_channels, H, W)`` -> ``(N, out_channels, Ho, Wo)``;
+    ``conv_offset(x)`` gives ``(N, k*deform_groups*Kh*Kw, Ho, Wo)`` with k = 2 (v1) or 3 (v2).
+    """
+
+    _version = 2  # mmcv's Pack layers' state-dict version
+    fixed_component = None  # set by the subclasses that pin the component
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, deform_groups: int = 1, bias: bool = False, *,
+                 component: str = None, modulated: bool = False, backend: str = 'auto',
+                 im2col_step: int = 32):
+        super().__init__()
+        name = type(self).__name__
+        if self.fixed_component is not None:
+            if component not in (None, self.fixed_component):
+                raise ValueError(f'{name} always uses component={self.fixed_component!r}, got '
+                                 f'{component!r}; use DecomposedDCN to choose the component')
+            component = self.fixed_component
+        component = 'full' if component is None else component
+        if component not in COMPONENTS:
+            raise ValueError(f'{name}: unknown component {component!r}; expected one of {COMPONENTS}')
+        if backend not in BACKENDS:
+            raise ValueError(f'{name}: unknown backend {backend!r}; expected one of {BACKENDS}')
+        for what, channels in (('in_channels', in_channels), ('out_channels', out_channels)):
+            if channels % groups:
+                raise ValueError(f'{name}: {what}={channels} is not divisible by groups={groups}')
+        if in_channels % deform_groups:
+            raise ValueError(f'{name}: in_channels={in_channels} is not divisible by '
+                             f'deform_groups={deform_groups}')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.groups, self.deform_groups = groups, deform_groups
+        self.component, self.modulated, self.backend = component, modulated, backend
+        self.im2col_step = im2col_step
+        self.transposed, self.output_padding = False, (0,)  # like nn.Conv2d / mmcv, for tools that look
+
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(in_channels, (3 if modulated else 2) * deform_groups * taps,
+                                     self.kernel_size, self.stride, self.padding, self.dilation, bias=True)
+        self.reset_parameters()
+
+    @property
+    def variant(self) -> str:
+        """'dcn', 'dcn_df', 'dcn_dk' (v1) or 'dcnv2', 'dcnv2_df', 'dcnv2_dk' (modulated)."""
+        base = 'dcnv2' if self.modulated else 'dcn'
+        return base if self.component == 'full' else f'{base}_{self.component}'
+
+    def reset_parameters(self) -> None:
+        """mmcv's initialisation of the main weight (v1: Kaiming uniform; v2: U(+-1/sqrt(fan_in))),
+        zero bias, zero offset predictor."""
+        if self.modulated:
+            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.weight, -bound, bound)
+        else:
+            nn.init.kaiming_uniform_(self.weight, nonlinearity='relu')
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Zero the offset predictor, so the layer starts as a plain conv (v2: mask 0.5).
+
+        mmdet's ResNet Kaiming-initialises every ``nn.Conv2d`` (``conv_offset`` included) and
+        then calls its children's ``init_weights``; this is where the offsets get zeroed again.
+        """
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def offsets(self, x: Tensor):
+        """Predicted (unprojected) offsets ``(N, 2*G*K*K, Ho, Wo)`` and mask ``(N, G*K*K, Ho, Wo)`` or None."""
+        out = self.conv_offset(x)
+        if not self.modulated:
+            return out, None
+        o1, o2, mask = torch.chunk(out, 3, dim=1)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset, mask = self.offsets(x)
+        offset = project_offsets(offset, self.kernel_size, self.component)
+        if self.backend == 'mmcv' or (self.backend == 'auto' and x.is_cuda):
+            return self._mmcv_forward(x, offset, mask)
+        return deform_conv2d_torch(x, offset, self.weight, self.bias, self.stride, self.padding,
+                                   self.dilation, self.groups, mask)
+
+    def _mmcv_forward(self, x: Tensor, offset: Tensor, mask) -> Tensor:
+        from mmcv.ops import deform_conv2d, modulated_deform_conv2d
+        if self.modulated:
+            return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride,
+                                           self.padding, self.dilation, self.groups, self.deform_groups)
+        out = deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation,
+                            self.groups, self.deform_groups, False, self.im2col_step)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Checkpoints older than mmcv's version 2 kept the offset conv beside the layer
+        # ('conv2_offset.*' next to 'conv2.*'); mmcv's Pack layers rename them, so do we.
+        if local_metadata.get('version', None) is None or local_metadata['version'] < 2:
+            for suffix in ('weight', 'bias'):
+                old, new = f'{prefix[:-1]}_offset.{suffix}', f'{prefix}conv_offset.{suffix}'
+                if new not in state_dict and old in state_dict:
+                    state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+             f'stride={self.stride}, padding={self.padding}, dilation={self.dilation}')
+        if self.groups != 1:
+            s += f', groups={self.groups}'
+        return (s + f', deform_groups={self.deform_groups}, bias={self.bias is not None}, '
+                f'component={self.component!r}, modulated={self.modulated}, backend={self.backend!r}')
+
+
+@MODELS.register_module()
+class DFOnlyDCN(DecomposedDCN):
+    """:class:`DecomposedDCN` that samples every tap at p0 + rigid tap + d_f(p0) (a shifted kernel)."""
+    fixed_component = 'df'
+
+
+@MODELS.register_module()
+class DKOnlyDCN(DecomposedDCN):
+    """:class:`DecomposedDCN` that samples with d_k = offset - d_f (the kernel shape, not its shift)."""
+    fixed_component = 'dk'
