@@ -42,7 +42,7 @@ class DecomposedDCN(nn.Module):
     ``conv_offset(x)`` gives ``(N, k*deform_groups*Kh*Kw, Ho, Wo)`` with k = 2 (v1) or 3 (v2).
     """
 
-    _version = 2  # mmcv's Pack layers' state-dict version
+    _version = 2  # state-dict version of mmcv's Pack layers, so saved metadata matches theirs
     fixed_component = None  # set by the subclasses that pin the component
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -133,18 +133,6 @@ class DecomposedDCN(nn.Module):
         out = deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation,
                             self.groups, self.deform_groups, False, self.im2col_step)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # Checkpoints older than mmcv's version 2 kept the offset conv beside the layer
-        # ('conv2_offset.*' next to 'conv2.*'); mmcv's Pack layers rename them, so do we.
-        if local_metadata.get('version', None) is None or local_metadata['version'] < 2:
-            for suffix in ('weight', 'bias'):
-                old, new = f'{prefix[:-1]}_offset.{suffix}', f'{prefix}conv_offset.{suffix}'
-                if new not in state_dict and old in state_dict:
-                    state_dict[new] = state_dict.pop(old)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
