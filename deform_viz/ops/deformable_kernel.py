@@ -330,7 +330,8 @@ class _LocalDK(Function):
         w2 = weight.reshape(g, o // g, -1)
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_b = torch.empty_like(sampling) if need_b else None
-        cols = _Columns(source, geom, ctx.from_columns, ctx.chunk_size, want_grad=need_src)
+        cols = _Columns(source, geom, ctx.from_columns, ctx.chunk_size, want_grad=need_src,
+                        want_columns=need_w or need_b)
         for b, l0, l1, u in cols:
             bc, goc = sampling[b, l0:l1], go[b, l0:l1]
             lc = l1 - l0
@@ -338,8 +339,11 @@ class _LocalDK(Function):
                 v = torch.bmm(u.transpose(1, 2), bc).view(lc, g, -1)  # (Lc, G, C/G*SS)
                 grad_w.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), v.transpose(0, 1))
             if need_src or need_b:
-                gv = torch.bmm(goc.view(lc, g, -1).transpose(0, 1), w2)  # (G, Lc, C/G*SS)
-                gv = gv.transpose(0, 1).reshape(lc, -1, ss)  # (Lc, C, SS)
+                if g == 1:
+                    gv = torch.mm(goc, w2[0]).view(lc, -1, ss)  # (Lc, C, SS)
+                else:
+                    gv = torch.bmm(goc.view(lc, g, -1).transpose(0, 1), w2)  # (G, Lc, C/G*SS)
+                    gv = gv.transpose(0, 1).reshape(lc, -1, ss)
                 if need_b:
                     torch.bmm(u, gv, out=grad_b[b, l0:l1])
                 if need_src:
@@ -363,21 +367,23 @@ class _Columns:
     """Iterate chunks of im2col columns (Lc, KK, C) per image and row block; fold gradients back.
 
     From the input: the image is padded once into channels-last (N, Hp, Wp, C) and each tap of a
-    chunk is a strided slice of it. From precomputed columns (N, C, KK, Ho, Wo): a permuted copy.
+    chunk is a strided slice of it, copied into a reused buffer. From precomputed columns
+    (N, C, KK, Ho, Wo): their channels-last layout (N, Ho, Wo, KK, C), sliced without a copy
+    (``deform_sample`` returns that memory layout already).
     """
 
     def __init__(self, source: Tensor, geom: _Geometry, from_columns: bool, chunk_size: int,
-                 want_grad: bool = False):
-        self.geom, self.from_columns = geom, from_columns
+                 want_grad: bool = False, want_columns: bool = True):
+        self.geom, self.from_columns, self.want_columns = geom, from_columns, want_columns
         self.rows = max(1, min(geom.out_h, chunk_size // geom.out_w))
         c, taps = geom.in_c, geom.taps
-        self.buffer = source.new_empty(self.rows * geom.out_w, taps, c)
         if from_columns:
-            self.source = source
-            self.grad_source = torch.empty_like(source) if want_grad else None
+            self.source = source.permute(0, 3, 4, 2, 1).contiguous()  # (N, Ho, Wo, KK, C)
+            self.grad_source = source.new_empty(self.source.shape) if want_grad else None
         else:
             (ph, pw) = geom.padding
             n, _, h, w = source.shape
+            self.buffer = source.new_empty(self.rows * geom.out_w, taps, c) if want_columns else None
             self.source = source.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
             self.source[:, ph:ph + h, pw:pw + w].copy_(source.permute(0, 2, 3, 1))
             self.grad_source = torch.zeros_like(self.source) if want_grad else None
@@ -397,14 +403,18 @@ class _Columns:
             for r0 in range(0, geom.out_h, self.rows):
                 r1 = min(r0 + self.rows, geom.out_h)
                 l0, l1 = r0 * geom.out_w, r1 * geom.out_w
-                u = self.buffer[:l1 - l0]
-                u4 = u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
-                if self.from_columns:
-                    u4.copy_(self.source[b, :, :, r0:r1].permute(2, 3, 1, 0))
-                else:
-                    for k, rows, cols in self._tap_slices(r0, r1):
-                        u4[:, :, k].copy_(self.source[b, rows, cols])
-                yield b, l0, l1, u
+                yield b, l0, l1, self._columns(b, r0, r1) if self.want_columns else None
+
+    def _columns(self, b: int, r0: int, r1: int) -> Tensor:
+        geom = self.geom
+        shape = ((r1 - r0) * geom.out_w, geom.taps, geom.in_c)
+        if self.from_columns:
+            return self.source[b, r0:r1].view(shape)
+        u = self.buffer[:shape[0]]
+        u4 = u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
+        for k, rows, cols in self._tap_slices(r0, r1):
+            u4[:, :, k].copy_(self.source[b, rows, cols])
+        return u
 
     def add_grad(self, b: int, l0: int, l1: int, grad_u: Tensor) -> None:
         """Accumulate d loss / d columns (Lc, KK, C) of a chunk into the source gradient."""
@@ -412,14 +422,15 @@ class _Columns:
         r0, r1 = l0 // geom.out_w, l1 // geom.out_w
         g4 = grad_u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
         if self.from_columns:
-            self.grad_source[b, :, :, r0:r1].copy_(g4.permute(3, 2, 0, 1))
+            self.grad_source[b, r0:r1].copy_(g4)
         else:
             for k, rows, cols in self._tap_slices(r0, r1):
                 self.grad_source[b, rows, cols] += g4[:, :, k]
 
     def grad(self) -> Tensor:
+        """Gradient w.r.t. the source, same shape as the source."""
         if self.from_columns:
-            return self.grad_source
+            return self.grad_source.permute(0, 4, 3, 1, 2)  # (N, C, KK, Ho, Wo) view
         (ph, pw) = self.geom.padding
         h, w = self.grad_source.shape[1] - 2 * ph, self.grad_source.shape[2] - 2 * pw
         return self.grad_source[:, ph:ph + h, pw:pw + w].permute(0, 3, 1, 2).contiguous()

@@ -223,6 +223,19 @@ def test_chunked_equals_unchunked(stride, padding):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('wanted', [(0, ), (1, ), (2, ), (0, 2)], ids=['x', 'weight', 'offset', 'x+offset'])
+def test_partial_gradients_match_full(wanted):
+    """Backward skips work for inputs that need no gradient; what it returns must not change."""
+    x, weight, offset, conv = make_case(CASES[2], True, n=2)
+    inputs = [t.clone().requires_grad_() for t in (x, weight, offset)]
+    full = _grads(deformable_kernel_local(*inputs, **conv, chunk_size=5), inputs)
+    part_inputs = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((x, weight, offset))]
+    out = deformable_kernel_local(*part_inputs, **conv, chunk_size=5)
+    part = _grads(out, [part_inputs[i] for i in wanted])
+    for i, grad in zip(wanted, part):
+        torch.testing.assert_close(grad, full[i], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('stride,padding,dilation,groups', [
     (1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 2, 4), (2, 2, 2, 16), (1, 0, 1, 2)])
 @pytest.mark.parametrize('local', [True, False], ids=['local', 'global'])
