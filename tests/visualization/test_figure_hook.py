@@ -62,10 +62,10 @@ def test_hook_sends_figures_and_removes_its_forward_hooks(runner, tmp_path):
     assert not dcn._forward_hooks and not dcn.conv_offset._forward_hooks   # done after num_images
     hook.after_val_epoch(runner)
 
-    saved = sorted(os.listdir(tmp_path / 'vis' / 'vis_image'))
+    saved = sorted(os.listdir(tmp_path / 'vis' / 'vis_data' / 'vis_image'))
     assert saved == ['offsets_df_divergence_img1_backbone.1_3.png', 'offsets_kernel_points_img1_backbone.1_3.png']
     for name in saved:
-        assert os.path.getsize(tmp_path / 'vis' / 'vis_image' / name) > 5000
+        assert os.path.getsize(tmp_path / 'vis' / 'vis_data' / 'vis_image' / name) > 5000
 
 
 def test_hook_interval_missing_image_and_bad_options(runner, tmp_path, caplog):
@@ -73,7 +73,7 @@ def test_hook_interval_missing_image_and_bad_options(runner, tmp_path, caplog):
     run_val(hook, runner, [sample(7, str(tmp_path / 'gone.png'))])          # 1st run: drawn, blank canvas
     runner.epoch = 4
     run_val(hook, runner, [sample(7, str(tmp_path / 'gone.png'))])          # 2nd run: skipped
-    assert sorted(os.listdir(tmp_path / 'vis' / 'vis_image')) == ['offsets_dk_extent_img7_backbone.1_3.png']
+    assert sorted(os.listdir(tmp_path / 'vis' / 'vis_data' / 'vis_image')) == ['offsets_dk_extent_img7_backbone.1_3.png']
     assert not runner.model.backbone[1]._forward_hooks
 
     strict = HOOKS.build(dict(type='OffsetFigureHook', blank_if_missing=False))
