@@ -2,10 +2,8 @@
 import os.path as osp
 from typing import Optional
 
-import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import Runner
 
 from .config_check import check_config
@@ -37,19 +35,23 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg)
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (torch >= 2.6 default) read mmengine checkpoints.
+def trust_local_checkpoints() -> None:
+    """Load local checkpoints as mmengine did before torch 2.6 (``weights_only=False``).
 
-    mmengine 0.10 calls ``torch.load`` without ``weights_only``; its checkpoints carry the
-    message hub's HistoryBuffers (numpy arrays) beside the weights. Allow exactly those types
-    instead of switching the safe loader off.
+    mmengine 0.10 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses the
+    checkpoints mmengine itself writes (their message hub pickles HistoryBuffers through
+    ``getattr``, which no safe allowlist can admit). The tools call this because they load the
+    checkpoint the user names on the command line: load only checkpoints you trust.
     """
-    add_safe_globals = getattr(torch.serialization, 'add_safe_globals', None)
-    if add_safe_globals is None:  # torch < 2.4 loads everything anyway
-        return
-    numpy_types = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
-    numpy_types += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    add_safe_globals([HistoryBuffer, *numpy_types])
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        filename = osp.expanduser(filename)
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
 def synthetic_data_options(data_root: str, image_scale=None) -> dict:

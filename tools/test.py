@@ -11,7 +11,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import allow_mmengine_checkpoints, build_runner, load_config
+from deform_viz.engine import build_runner, load_config, trust_local_checkpoints
 
 
 def parse_args(argv=None):
@@ -51,7 +51,7 @@ def main(argv=None):
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         args.show, args.wait_time = False, 0
         cfg = trigger_visualization_hook(cfg, args)
-    allow_mmengine_checkpoints()
+    trust_local_checkpoints()
     runner = build_runner(cfg)
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults

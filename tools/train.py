@@ -10,7 +10,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import allow_mmengine_checkpoints, build_runner, load_config
+from deform_viz.engine import build_runner, load_config, trust_local_checkpoints
 
 
 def parse_args(argv=None):
@@ -48,7 +48,7 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    allow_mmengine_checkpoints()
+    trust_local_checkpoints()
     runner = build_runner(cfg)
     runner.train()
     return runner

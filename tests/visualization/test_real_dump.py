@@ -46,12 +46,12 @@ def test_tools_on_a_real_dump(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_figure_hook_in_a_validation_run(tiny_checkpoint, tmp_path):
-    from deform_viz.engine import allow_mmengine_checkpoints, build_runner, load_config
+    from deform_viz.engine import trust_local_checkpoints, build_runner, load_config
     cfg = load_config(tiny_checkpoint.config, eval_options(tiny_checkpoint), str(tmp_path / 'work'))
     cfg.load_from = tiny_checkpoint.checkpoint
     cfg.custom_hooks = [dict(type='OffsetFigureHook', num_images=2, layers=[LAYER], figures=['dk_extent'],
                              dpi=40, width=4.0)]
-    allow_mmengine_checkpoints()
+    trust_local_checkpoints()
     build_runner(cfg).val()
     saved = sorted(osp.basename(p) for p in glob.glob(str(tmp_path / 'work' / '*' / 'vis_data' / 'vis_image' / '*')))
     assert len(saved) == 2 and all(s.startswith('offsets_dk_extent_img') and LAYER in s for s in saved)
