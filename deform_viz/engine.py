@@ -69,3 +69,32 @@ def synthetic_data_options(data_root: str, image_scale=None) -> dict:
         for split in ('val', 'test'):
             options[f'{split}_dataloader.dataset.pipeline.1.scale'] = scale  # Resize in test_pipeline
     return options
+
+
+TOOLS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` of this checkout as a module (its ``main(argv)`` is the CLI).
+
+    Lets the demo, the mini ablation and the tests drive the very code users run, in-process.
+    Needs the repository checkout (an editable install), where ``tools/`` lives.
+    """
+    import importlib.util
+    path = osp.join(TOOLS_DIR, f'{name}.py')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} not found: the tools live in the deform-viz repository; '
+                                'install it with `pip install -e .` from a checkout')
+    spec = importlib.util.spec_from_file_location(f'deform_viz_tools.{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cfg_options_argv(options: dict) -> list:
+    """``{'a.b': (1, 2)}`` -> ``['a.b=(1,2)']``: a dict of overrides as ``--cfg-options`` words."""
+    def text(value):
+        if isinstance(value, (tuple, list)):
+            return '(' + ','.join(text(v) for v in value) + ')'
+        return str(value)
+    return [f'{key}={text(value)}' for key, value in options.items()]

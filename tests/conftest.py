@@ -2,7 +2,6 @@
 
 Everything runs on CPU through the real tools/train.py and tools/test.py code paths.
 """
-import importlib.util
 import os
 import os.path as osp
 from types import SimpleNamespace
@@ -10,29 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from deform_viz.engine import cfg_options_argv, load_tool  # noqa: F401  (used by test modules)
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
 DCN_CONFIG = osp.join(CPU_CONFIG_DIR, 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
 TEST_IMAGE_SCALE = (160, 160)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module, so tests call the same ``main(argv)`` users run."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cfg_options_argv(options: dict) -> list:
-    """``{'a.b': 1}`` -> ``['a.b=1']`` for ``--cfg-options``."""
-    def text(value):
-        if isinstance(value, (tuple, list)):
-            return '(' + ','.join(text(v) for v in value) + ')'
-        return str(value)
-    return [f'{key}={text(value)}' for key, value in options.items()]
 
 
 @pytest.fixture(scope='session')
