@@ -104,7 +104,7 @@ class NaiveLocalDK(nn.Module):
         kernels = resample_kernel(dk.weight, kernel_offset.permute(0, 2, 3, 1).reshape(n * ho * wo, -1),
                                   dk.kernel_size)  # (N*L, O, C, K, K)
         cols = F.unfold(x, dk.kernel_size, dk.dilation, dk.padding, dk.stride)  # (N, C*K*K, L)
-        out = torch.einsum('nlok,nkl->nol', kernels.view(n, ho * wo, kernels.shape[1], -1), cols)
+        out = torch.einsum('nlok,nkl->nol', kernels.reshape(n, ho * wo, kernels.shape[1], -1), cols)
         return out.view(n, -1, ho, wo)
 
 
@@ -237,12 +237,12 @@ def benchmark_detector(args):
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.optim import OptimWrapper
     from mmengine.registry import MODELS as ROOT
     from mmengine.structures import InstanceData
     register_all_modules()
-    base = Config.fromfile('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
+    base = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
     base.backbone.init_cfg = None
     h, w = args.image
     gen = torch.Generator().manual_seed(0)
