@@ -141,8 +141,9 @@ def resample_kernel(weight: Tensor, kernel_offset: Tensor, kernel_size: IntPair)
     sampling = kernel_sampling_weights(kernel_offset.view(n, kh * kw, 2), (kh, kw),
                                        weight.shape[-2:])  # (N, KK, SS)
     out_c, in_c = weight.shape[:2]
-    kernel = torch.einsum('ocs,nks->nock', weight.flatten(2), sampling)
-    return kernel.reshape(n, out_c, in_c, kh, kw)
+    # one skinny GEMM (O*C/G, SS) x (SS, N*KK); for N = 1 the result is already (O, C/G, K, K)
+    kernel = torch.mm(weight.reshape(out_c * in_c, -1), sampling.reshape(n * kh * kw, -1).t())
+    return kernel.view(out_c, in_c, n, kh, kw).permute(2, 0, 1, 3, 4)
 
 
 class _Geometry:
@@ -410,10 +411,15 @@ class _Columns:
         shape = ((r1 - r0) * geom.out_w, geom.taps, geom.in_c)
         if self.from_columns:
             return self.source[b, r0:r1].view(shape)
+        # all taps in one strided view of the padded image: (rows, Wo, Kh, Kw, C)
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        image = self.source[b]
+        row, pix = image.stride(0), image.stride(1)
+        windows = image.as_strided((r1 - r0, geom.out_w, kh, kw, geom.in_c),
+                                   (sh * row, sw * pix, dh * row, dw * pix, 1),
+                                   image.storage_offset() + r0 * sh * row)
         u = self.buffer[:shape[0]]
-        u4 = u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
-        for k, rows, cols in self._tap_slices(r0, r1):
-            u4[:, :, k].copy_(self.source[b, rows, cols])
+        u.view(windows.shape).copy_(windows)
         return u
 
     def add_grad(self, b: int, l0: int, l1: int, grad_u: Tensor) -> None:
