@@ -384,7 +384,8 @@ class OffsetDumpHook(Hook):
         self.dir = self._run_dir(runner)
         problem = self._prepare_dir()
         # Every rank checks before any rank writes; the reduction doubles as a barrier.
-        failed = all_reduce(torch.tensor([int(problem is not None)]))
+        failed = torch.tensor([int(problem is not None)])
+        all_reduce(failed)  # in place; a no-op without distributed
         if problem is not None:
             raise problem
         if int(failed.item()):
@@ -544,8 +545,9 @@ class OffsetDumpHook(Hook):
         self._active = False
         self._stop_recording()
         self._recorders = []
-        totals = all_reduce(torch.tensor(
-            [self.written, self.bytes, self.existing, int(self.budget_hit)], dtype=torch.float64))
+        totals = torch.tensor([self.written, self.bytes, self.existing, int(self.budget_hit)],
+                              dtype=torch.float64)
+        all_reduce(totals)
         written, size, existing, hit = (int(v) for v in totals.tolist())
         message = (f'wrote {written} offset dumps ({size / 1e6:.1f} MB, '
                    f'{size / max(written, 1) / 1e6:.2f} MB per image) to {self.dir}')

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_CONFIG_DIR, REPO, cfg_options_argv, load_tool
+from conftest import CPU_CONFIG_DIR, REPO
+from deform_viz.engine import cfg_options_argv, load_tool
 from deform_viz.dump import OffsetDumpError, iter_offset_dumps, load_offset_dump, offset_dump_paths
 
 SCALE = 136  # 160 px images resized to 136, padded to 160: the last cells of each map are padding
