@@ -49,6 +49,8 @@ def test_figure_hook_in_a_validation_run(tiny_checkpoint, tmp_path):
     from deform_viz.engine import trust_local_checkpoints, build_runner, load_config
     cfg = load_config(tiny_checkpoint.config, eval_options(tiny_checkpoint), str(tmp_path / 'work'))
     cfg.load_from = tiny_checkpoint.checkpoint
+    # a fresh visualizer: mmengine reuses an existing instance of the same name (and its save_dir)
+    cfg.visualizer.name = f'offset-figures-{tmp_path.name}'
     cfg.custom_hooks = [dict(type='OffsetFigureHook', num_images=2, layers=[LAYER], figures=['dk_extent'],
                              dpi=40, width=4.0)]
     trust_local_checkpoints()
