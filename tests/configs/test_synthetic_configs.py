@@ -1,0 +1,27 @@
+"""The CPU configs on the embedded dataset agree with the generator and build without downloads."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from conftest import CPU_CONFIG_DIR
+from deform_viz.datasets import SYNTHETIC_CLASSES
+
+CONFIGS = sorted(glob.glob(osp.join(CPU_CONFIG_DIR, '*.py')))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_synthetic_config_matches_dataset_and_builds(path):
+    from mmdet.registry import MODELS
+    cfg = Config.fromfile(path)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        assert tuple(loader.dataset.metainfo.classes) == SYNTHETIC_CLASSES
+    assert cfg.model.roi_head.bbox_head.num_classes == len(SYNTHETIC_CLASSES)
+    assert cfg.model.backbone.init_cfg is None  # nothing to download
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    dcn = cfg.model.backbone.get('dcn')
+    for stage, with_dcn in enumerate(cfg.model.backbone.get('stage_with_dcn', (False,) * 4)):
+        conv2 = getattr(model.backbone, f'layer{stage + 1}')[0].conv2
+        assert type(conv2).__name__ == (dcn['type'] if with_dcn and dcn else 'Conv2d'), (stage, conv2)
