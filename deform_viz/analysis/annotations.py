@@ -3,7 +3,7 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 

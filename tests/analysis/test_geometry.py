@@ -4,7 +4,7 @@ import pytest
 
 from deform_viz.analysis import FeatureGeometry, GeometryError, LayerOffsets
 from deform_viz.dump import load_offset_dump
-from synthetic_dumps import rigid, same_for_all_taps, scaled_kernel_field, write_dump
+from synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_dump
 
 H, W = 9, 11
 

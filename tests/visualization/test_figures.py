@@ -1,5 +1,4 @@
 """Figures render from dumps to non-empty files of the expected size, deterministically."""
-import io
 
 import numpy as np
 import pytest
