@@ -46,6 +46,8 @@ EXCEPTION_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*)(?:Error|Exception|Interrupt|E
 DETECTOR_TYPES = {'FasterRCNN': 'faster-rcnn', 'MaskRCNN': 'mask-rcnn'}
 STAGE_NAMES = ('c2', 'c3', 'c4', 'c5')
 BBOX, SEGM = 'coco/bbox_mAP', 'coco/segm_mAP'
+# The configs of the tables, by file name: what each builds.
+KNOWN_CONFIGS = {osp.splitext(osp.basename(r.config))[0]: (r.detector, r.variant) for r in paper_rows()}
 # What the paper's protocol is for each detector: total images per step and the matching lr.
 PROTOCOL_BATCH = {'faster-rcnn': 8, 'mask-rcnn': 4}
 LR_PER_IMAGE = 0.02 / 16
@@ -473,6 +475,12 @@ def runs_of_work_dir(work_dir: str) -> List[Run]:
             proj = _projection(s, info)
             if proj:
                 run.variant = f'dcn@test-{proj}'
+            named = KNOWN_CONFIGS.get(s.config_name or '')
+            if named is not None and named != (run.detector, run.variant):
+                run.notes.append(f'config {s.config_name} builds {DETECTORS.get(named[0], named[0])}, '
+                                 f'{VARIANTS[named[1]]}, but this run built '
+                                 f'{DETECTORS.get(run.detector, run.detector)}, '
+                                 f'{VARIANTS.get(run.variant, run.variant)} (overridden by --cfg-options?)')
             if s.mode == 'train':
                 run.notes.extend(_protocol_notes(s, info))
             else:

@@ -7,6 +7,7 @@ synthetic data, shrink images to 128 px, take 2 training images (one iteration o
 2 validation images, switch the ImageNet weights off and validate after that one iteration with
 mmdet's CocoMetric. Runs are cached per pytest session: each config trains at most once.
 """
+import contextlib
 import gc
 import glob
 import json
@@ -37,8 +38,10 @@ def all_configs() -> List[str]:
 
 def _cli(value) -> str:
     """A value as DictAction parses it back from ``--cfg-options key=value``."""
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, tuple):
         return '(' + ','.join(_cli(v) for v in value) + ')'
+    if isinstance(value, list):
+        return '[' + ','.join(_cli(v) for v in value) + ']'
     return str(value)
 
 
@@ -56,11 +59,21 @@ def synthetic_options(config: str, data_root: str, *, name: str, checkpoint: boo
     opts = {
         'model.backbone.init_cfg': None,  # no ImageNet weights can be downloaded here
         'model.roi_head.bbox_head.num_classes': len(SYNTHETIC_CLASSES),
+        # fewer proposals and sampled RoIs than COCO's 1000 / 512: the R-CNN head's fc6 on 2000
+        # RoIs would dominate a 128 px CPU run
+        'model.train_cfg.rpn_proposal.nms_pre': 200,
+        'model.train_cfg.rpn_proposal.max_per_img': 100,
+        'model.train_cfg.rpn.sampler.num': 64,
+        'model.train_cfg.rcnn.sampler.num': 64,
+        'model.test_cfg.rpn.nms_pre': 100,
+        'model.test_cfg.rpn.max_per_img': 50,
+        'model.test_cfg.rcnn.max_per_img': 20,
         'train_cfg.max_epochs': 1,
         'train_cfg.val_interval': 1,
         'default_hooks.logger.interval': 1,
         'default_hooks.checkpoint.interval': 1 if checkpoint else -1,
         'default_hooks.checkpoint.save_last': checkpoint,
+        'default_hooks.checkpoint.save_optimizer': False,  # weights are all a test needs
         # mmdet names its visualizer 'visualizer'; mmengine keeps one instance per name, so
         # in-process runs need their own or they would all log into the first run's folder
         'visualizer.name': f'visualizer_{name}_{time.time_ns()}',
@@ -146,6 +159,19 @@ def _last_metrics(work_dir: str) -> Dict[str, float]:
 _CACHE: Dict[str, RunResult] = {}
 
 
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread while a detector runs: on the shared 2-core test machine, two OpenMP
+    threads competing with other processes made an R-50 step 4-7x slower than one thread."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool = False) -> RunResult:
     """tools/train.py on ``config`` for one iteration + validation (once per session)."""
     stem = osp.splitext(osp.basename(config))[0]
@@ -156,7 +182,8 @@ def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool =
     work_dir = osp.join(base_dir, stem)
     options = synthetic_options(config, data_root, name=stem, checkpoint=checkpoint)
     start = time.perf_counter()
-    runner = load_tool('train').main([config, '--work-dir', work_dir, *argv_options(options)])
+    with single_thread():
+        runner = load_tool('train').main([config, '--work-dir', work_dir, *argv_options(options)])
     result = _summarize(runner, config, work_dir, time.perf_counter() - start)
     del runner
     gc.collect()
@@ -176,7 +203,8 @@ def evaluate_once(config: str, checkpoint: str, data_root: str, base_dir: str) -
     work_dir = osp.join(base_dir, stem)
     options = synthetic_options(config, data_root, name=stem)
     start = time.perf_counter()
-    metrics = load_tool('test').main([config, checkpoint, '--work-dir', work_dir, *argv_options(options)])
+    with single_thread():
+        metrics = load_tool('test').main([config, checkpoint, '--work-dir', work_dir, *argv_options(options)])
     gc.collect()
     result = RunResult(config=config, work_dir=work_dir, seconds=time.perf_counter() - start,
                        metrics=dict(metrics), checkpoint=checkpoint)

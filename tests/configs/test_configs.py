@@ -1,5 +1,7 @@
 """The COCO configs: they load, keep the papers' protocol, differ from mmdet's configs only where
 they should, build their models, and train one iteration + evaluate through tools/train.py."""
+import copy
+import functools
 import os.path as osp
 
 import pytest
@@ -41,13 +43,19 @@ def expected_layer(path):
     return LAYER_OF[component]
 
 
-def load(path):
-    """Config.fromfile, also for mmdet's own configs named as in `_base_` ('mmdet::dcn/...')."""
+@functools.lru_cache(maxsize=None)
+def _load(path):
     from mmengine.config import Config
     if path.startswith('mmdet::'):
         from mmengine.utils import get_installed_path
         path = osp.join(get_installed_path('mmdet'), '.mim', 'configs', path[len('mmdet::'):])
     return Config.fromfile(path, import_custom_modules=False)
+
+
+def load(path):
+    """Config.fromfile, also for mmdet's own configs named as in `_base_` ('mmdet::dcn/...');
+    parsed once per session, a fresh copy per call."""
+    return copy.deepcopy(_load(path))
 
 
 def flatten(value, prefix=''):

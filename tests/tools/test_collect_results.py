@@ -14,7 +14,7 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'configs'))
 from coco_runs import (argv_options, config_path, evaluate_once, load_tool,  # noqa: E402
-                       synthetic_options, train_once)
+                       single_thread, synthetic_options, train_once)
 
 from deform_viz.paper_results import PAPER_ROWS, TABLES, paper_rows  # noqa: E402
 
@@ -47,13 +47,13 @@ def runs(synthetic_data_root, tmp_path_factory):
     crashed_val = osp.join(base, 'crashed-in-val')
     options = synthetic_options(FASTER['baseline'], synthetic_data_root, name='crashed_val')
     options['val_dataloader.dataset.data_prefix.img'] = 'no-such-folder/'
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError), single_thread():
         train.main([FASTER['baseline'], '--work-dir', crashed_val, *argv_options(options)])
     # 2) the FPN expects other channels than the backbone gives: fails in the first forward pass
     crashed_first = osp.join(base, 'crashed-at-start')
     options = synthetic_options(FASTER['baseline'], synthetic_data_root, name='crashed_first')
-    options['model.neck.in_channels'] = (8, 8, 8, 8)
-    with pytest.raises(Exception):
+    options['model.neck.in_channels'] = [8, 8, 8, 8]
+    with pytest.raises(RuntimeError), single_thread():
         train.main([FASTER['baseline'], '--work-dir', crashed_first, *argv_options(options)])
     return dict(base=base, done=done, crashed_val=crashed_val, crashed_first=crashed_first)
 
