@@ -29,7 +29,7 @@ import os.path as osp
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deform_viz.paper_results import DETECTORS, SOURCES, TABLE1_MARKS, TABLES, VARIANTS, paper_rows
@@ -344,8 +344,9 @@ def _why_unfinished(s: Session, mode: str) -> Tuple[str, str]:
         where = f'at epoch {ep}{of}, iteration {it}/{n}'
         if in_val:
             where = f'during validation after epoch {ep}{of} (iteration {it}/{n})'
-        elif it == n and last_saved is not None and last_saved == ('epochs', ep):
-            where = f'after epoch {ep}{of} (iteration {it}/{n}; checkpoint saved)'
+        elif it == n:
+            saved = '; checkpoint saved' if last_saved == ('epochs', ep) else ''
+            where = f'at the end of epoch {ep}{of} (iteration {it}/{n} logged{saved}; nothing after it)'
     else:
         _, it, n = last_train
         where = f'at iteration {it}/{n}'
@@ -391,7 +392,7 @@ def _protocol_notes(s: Session, info: ModelInfo) -> List[str]:
     notes = []
     unit, total = _schedule(cfg)
     if unit == 'epoch' and total is not None and total != 12:
-        notes.append(f'{total} epochs (1x: 12)')
+        notes.append(f'{total} epoch{"s" if total != 1 else ""} (1x: 12)')
     elif unit == 'iter' and total is not None:
         notes.append(f'{total} iterations (1x: 12 epochs)')
     text = '\n'.join(s.log_lines)
