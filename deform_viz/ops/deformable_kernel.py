@@ -247,13 +247,9 @@ def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
         geom.kernel, geom.scope)  # (N, L, KK, SS)
     if chunk_size is None:
         chunk_size = default_chunk_size(geom.in_c, geom.kernel, geom.scope)
-    if data_offset is None:
-        source, from_columns = x, False
-    else:
+    if data_offset is not None:
         geom.check_data_offset(data_offset)
-        source, from_columns = _data_columns(x, data_offset, geom), True
-    out = _LocalDK.apply(source, weight, sampling.contiguous(), geom, from_columns,
-                         int(chunk_size))
+    out = _LocalDK.apply(x, weight, sampling.contiguous(), data_offset, geom, int(chunk_size))
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
@@ -301,21 +297,20 @@ def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
 class _LocalDK(Function):
     """y(p) = W . (B(p)^T U(p)) over chunks of output rows, columns recomputed in backward.
 
-    source: x (N, C, H, W) (columns are unfolded here) or precomputed columns (N, C, KK, Ho, Wo).
-    weight: (O, C/G, Sh, Sw). sampling: B (N, L, KK, SS), contiguous.
+    x: (N, C, H, W). weight: (O, C/G, Sh, Sw). sampling: B (N, L, KK, SS), contiguous.
+    data_offset: None (rigid columns) or (N, 2*D*KK, Ho, Wo) (deformable columns, DCN + DK).
     Internally columns are (Lc, KK, C) (channels contiguous) and the scope-space columns
     V = B^T U are (Lc, C, SS), so V's rows match the natural (O, C/G * SS) layout of the weight.
     """
 
     @staticmethod
-    def forward(ctx, source, weight, sampling, geom, from_columns, chunk_size):
-        ctx.save_for_backward(source, weight, sampling)
-        ctx.geom, ctx.from_columns, ctx.chunk_size = geom, from_columns, chunk_size
-        n, c, o, g, taps = geom.n, geom.in_c, geom.out_c, geom.groups, geom.taps
-        cols = _Columns(source, geom, from_columns, chunk_size)
+    def forward(ctx, x, weight, sampling, data_offset, geom, chunk_size):
+        ctx.save_for_backward(x, weight, sampling, data_offset)
+        ctx.geom, ctx.chunk_size = geom, chunk_size
+        n, o, g = geom.n, geom.out_c, geom.groups
         w2 = weight.reshape(g, o // g, -1)  # (G, O/G, C/G * SS)
-        out = source.new_empty(n, geom.out_h * geom.out_w, o)
-        for b, l0, l1, u in cols:
+        out = x.new_empty(n, geom.out_h * geom.out_w, o)
+        for b, l0, l1, u in _Columns(x, data_offset, geom, chunk_size):
             v = torch.bmm(u.transpose(1, 2), sampling[b, l0:l1])  # (Lc, C, SS)
             _group_matmul(v, w2, out=out[b, l0:l1])
         return out.view(n, geom.out_h, geom.out_w, o).permute(0, 3, 1, 2).contiguous()
@@ -323,15 +318,15 @@ class _LocalDK(Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        source, weight, sampling = ctx.saved_tensors
+        x, weight, sampling, data_offset = ctx.saved_tensors
         geom = ctx.geom
-        need_src, need_w, need_b = ctx.needs_input_grad[:3]
+        need_x, need_w, need_b, need_off = ctx.needs_input_grad[:4]
         n, o, g, ss = geom.n, geom.out_c, geom.groups, sampling.shape[-1]
         go = grad_out.permute(0, 2, 3, 1).reshape(n, -1, o)  # (N, L, O)
         w2 = weight.reshape(g, o // g, -1)
         grad_w = torch.zeros_like(w2) if need_w else None
         grad_b = torch.empty_like(sampling) if need_b else None
-        cols = _Columns(source, geom, ctx.from_columns, ctx.chunk_size, want_grad=need_src,
+        cols = _Columns(x, data_offset, geom, ctx.chunk_size, want_grad=(need_x, need_off),
                         want_columns=need_w or need_b)
         for b, l0, l1, u in cols:
             bc, goc = sampling[b, l0:l1], go[b, l0:l1]
@@ -339,7 +334,7 @@ class _LocalDK(Function):
             if need_w:
                 v = torch.bmm(u.transpose(1, 2), bc).view(lc, g, -1)  # (Lc, G, C/G*SS)
                 grad_w.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), v.transpose(0, 1))
-            if need_src or need_b:
+            if need_x or need_b or need_off:
                 if g == 1:
                     gv = torch.mm(goc, w2[0]).view(lc, -1, ss)  # (Lc, C, SS)
                 else:
@@ -347,10 +342,10 @@ class _LocalDK(Function):
                     gv = gv.transpose(0, 1).reshape(lc, -1, ss)
                 if need_b:
                     torch.bmm(u, gv, out=grad_b[b, l0:l1])
-                if need_src:
+                if need_x or need_off:
                     cols.add_grad(b, l0, l1, torch.bmm(bc, gv.transpose(1, 2)))  # (Lc, KK, C)
-        return (cols.grad() if need_src else None,
-                grad_w.view_as(weight) if need_w else None, grad_b, None, None, None)
+        grad_x, grad_off = cols.grads()
+        return (grad_x, grad_w.view_as(weight) if need_w else None, grad_b, grad_off, None, None)
 
 
 def _group_matmul(v: Tensor, w2: Tensor, out: Tensor) -> None:
@@ -365,38 +360,38 @@ def _group_matmul(v: Tensor, w2: Tensor, out: Tensor) -> None:
 
 
 class _Columns:
-    """Iterate chunks of im2col columns (Lc, KK, C) per image and row block; fold gradients back.
+    """Iterate chunks of columns U (Lc, KK, C) per image and row block; send gradients back.
 
-    From the input: the image is padded once into channels-last (N, Hp, Wp, C) and each tap of a
-    chunk is a strided slice of it, copied into a reused buffer. From precomputed columns
-    (N, C, KK, Ho, Wo): their channels-last layout (N, Ho, Wo, KK, C), sliced without a copy
-    (``deform_sample`` returns that memory layout already).
+    Rigid columns: the image is padded once into channels-last (N, Hp, Wp, C); a chunk's columns
+    are one strided window view of it, copied into a reused buffer, and their gradient is added
+    back tap by tap. Deformable columns (DCN + DK): the fast DCN path's bilinear gather
+    (:mod:`deform_viz.ops.deform_conv`, mmcv's sampling convention) on the chunk's rows only, its
+    row origin moved by shifting the chunk's dy offsets; in backward the chunk is sampled under
+    autograd and its gradient reaches the input and the data offsets through
+    ``torch.autograd.grad``. Either way no more than one chunk of columns exists at a time.
     """
 
-    def __init__(self, source: Tensor, geom: _Geometry, from_columns: bool, chunk_size: int,
-                 want_grad: bool = False, want_columns: bool = True):
-        self.geom, self.from_columns, self.want_columns = geom, from_columns, want_columns
+    def __init__(self, x: Tensor, data_offset: Optional[Tensor], geom: _Geometry,
+                 chunk_size: int, want_grad=(False, False), want_columns: bool = True):
+        self.geom, self.want_columns = geom, want_columns
         self.rows = max(1, min(geom.out_h, chunk_size // geom.out_w))
-        c, taps = geom.in_c, geom.taps
-        if from_columns:
-            self.source = source.permute(0, 3, 4, 2, 1).contiguous()  # (N, Ho, Wo, KK, C)
-            self.grad_source = source.new_empty(self.source.shape) if want_grad else None
-        else:
-            (ph, pw) = geom.padding
-            n, _, h, w = source.shape
-            self.buffer = source.new_empty(self.rows * geom.out_w, taps, c) if want_columns else None
-            self.source = source.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
-            self.source[:, ph:ph + h, pw:pw + w].copy_(source.permute(0, 2, 3, 1))
-            self.grad_source = torch.zeros_like(self.source) if want_grad else None
-
-    def _tap_slices(self, r0: int, r1: int):
-        (kh, kw), (sh, sw), (dh, dw) = self.geom.kernel, self.geom.stride, self.geom.dilation
-        wo = self.geom.out_w
-        for i in range(kh):
-            y0 = r0 * sh + i * dh
-            rows = slice(y0, y0 + (r1 - r0 - 1) * sh + 1, sh)
-            for j in range(kw):
-                yield i * kw + j, rows, slice(j * dw, j * dw + (wo - 1) * sw + 1, sw)
+        self.need_x, self.need_off = want_grad
+        self.x, self.data_offset = x, data_offset
+        self.grad_off = torch.zeros_like(data_offset) if self.need_off else None
+        if data_offset is not None:
+            n, c, h, w = x.shape
+            self.deform_groups = data_offset.shape[1] // (2 * geom.taps)
+            # channels-last input with a one-pixel zero border, one row per pixel and deform group
+            self.table = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+            self.grad_table = torch.zeros_like(self.table) if self.need_x else None
+            self._graph = None
+            return
+        (ph, pw) = geom.padding
+        n, c, h, w = x.shape
+        self.buffer = x.new_empty(self.rows * geom.out_w, geom.taps, c) if want_columns else None
+        self.padded = x.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
+        self.padded[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1))
+        self.grad_padded = torch.zeros_like(self.padded) if self.need_x else None
 
     def __iter__(self):
         geom = self.geom
@@ -404,39 +399,72 @@ class _Columns:
             for r0 in range(0, geom.out_h, self.rows):
                 r1 = min(r0 + self.rows, geom.out_h)
                 l0, l1 = r0 * geom.out_w, r1 * geom.out_w
-                yield b, l0, l1, self._columns(b, r0, r1) if self.want_columns else None
+                if self.data_offset is not None:
+                    u = self._deformable(b, r0, r1)
+                else:
+                    u = self._rigid(b, r0, r1) if self.want_columns else None
+                yield b, l0, l1, u
 
-    def _columns(self, b: int, r0: int, r1: int) -> Tensor:
+    def _rigid(self, b: int, r0: int, r1: int) -> Tensor:
         geom = self.geom
-        shape = ((r1 - r0) * geom.out_w, geom.taps, geom.in_c)
-        if self.from_columns:
-            return self.source[b, r0:r1].view(shape)
-        # all taps in one strided view of the padded image: (rows, Wo, Kh, Kw, C)
         (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
-        image = self.source[b]
+        image = self.padded[b]  # all taps in one strided view: (rows, Wo, Kh, Kw, C)
         row, pix = image.stride(0), image.stride(1)
         windows = image.as_strided((r1 - r0, geom.out_w, kh, kw, geom.in_c),
                                    (sh * row, sw * pix, dh * row, dw * pix, 1),
                                    image.storage_offset() + r0 * sh * row)
-        u = self.buffer[:shape[0]]
+        u = self.buffer[:(r1 - r0) * geom.out_w]
         u.view(windows.shape).copy_(windows)
         return u
 
+    def _deformable(self, b: int, r0: int, r1: int) -> Tensor:
+        # deform_sample's own steps (bilinear corner taps + one embedding_bag gather) on the
+        # chunk's rows; deform_sample itself insists on offsets for the whole output map
+        from .deform_conv import _bilinear_taps, _gather
+        geom = self.geom
+        offset = self.data_offset[b:b + 1, :, r0:r1].clone()
+        offset[:, 0::2] += r0 * geom.stride[0]  # chunk row 0 is output row r0
+        table = self.table[b].view(-1, geom.in_c // self.deform_groups)
+        track = self.need_x or self.need_off
+        with torch.set_grad_enabled(track):
+            if track:
+                table = table.detach().requires_grad_(self.need_x)
+                offset.requires_grad_(self.need_off)
+            index, weights = _bilinear_taps(offset, None, self.x.shape[2:], geom.kernel,
+                                            geom.stride, geom.padding, geom.dilation)
+            cols = _gather(index, table, weights)  # (Lc*KK*D, C/D), ordered (l, tap, group)
+        self._graph = (cols, table, offset) if track else None
+        return cols.detach().view(-1, geom.taps, geom.in_c)
+
     def add_grad(self, b: int, l0: int, l1: int, grad_u: Tensor) -> None:
-        """Accumulate d loss / d columns (Lc, KK, C) of a chunk into the source gradient."""
+        """Send d loss / d columns (Lc, KK, C) of the current chunk to x and the data offsets."""
         geom = self.geom
         r0, r1 = l0 // geom.out_w, l1 // geom.out_w
         g4 = grad_u.view(r1 - r0, geom.out_w, geom.taps, geom.in_c)
-        if self.from_columns:
-            self.grad_source[b, r0:r1].copy_(g4)
-        else:
-            for k, rows, cols in self._tap_slices(r0, r1):
-                self.grad_source[b, rows, cols] += g4[:, :, k]
+        if self.data_offset is None:
+            (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+            for i in range(kh):
+                rows = slice(r0 * sh + i * dh, (r1 - 1) * sh + i * dh + 1, sh)
+                for j in range(kw):
+                    cols = slice(j * dw, j * dw + (geom.out_w - 1) * sw + 1, sw)
+                    self.grad_padded[b, rows, cols] += g4[:, :, i * kw + j]
+            return
+        cols, table, offset = self._graph
+        inputs = [t for t, need in ((table, self.need_x), (offset, self.need_off)) if need]
+        grads = list(torch.autograd.grad(cols, inputs, g4.reshape(cols.shape)))
+        if self.need_x:
+            self.grad_table[b] += grads.pop(0).view(self.grad_table[b].shape)
+        if self.need_off:
+            self.grad_off[b:b + 1, :, r0:r1] = grads.pop(0)
 
-    def grad(self) -> Tensor:
-        """Gradient w.r.t. the source, same shape as the source."""
-        if self.from_columns:
-            return self.grad_source.permute(0, 4, 3, 1, 2)  # (N, C, KK, Ho, Wo) view
-        (ph, pw) = self.geom.padding
-        h, w = self.grad_source.shape[1] - 2 * ph, self.grad_source.shape[2] - 2 * pw
-        return self.grad_source[:, ph:ph + h, pw:pw + w].permute(0, 3, 1, 2).contiguous()
+    def grads(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """(d loss / d x, d loss / d data_offset), None where not wanted."""
+        if not self.need_x:
+            return None, self.grad_off
+        h, w = self.x.shape[2:]
+        if self.data_offset is not None:
+            grad = self.grad_table[:, 1:h + 1, 1:w + 1]
+        else:
+            (ph, pw) = self.geom.padding
+            grad = self.grad_padded[:, ph:ph + h, pw:pw + w]
+        return grad.permute(0, 3, 1, 2).contiguous(), self.grad_off

@@ -332,6 +332,30 @@ def test_dcn_dk_gradcheck(local):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_dcn_dk_chunked_equals_unchunked(stride):
+    """Chunks re-sample their rows with shifted dy offsets; any chunking gives the same result."""
+    pytest.importorskip('deform_viz.ops.deform_conv')
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 7, 6, generator=gen, dtype=DT)
+    weight = torch.randn(6, 4, 4, 4, generator=gen, dtype=DT)
+    ho, wo = out_size(7, 3, stride, 1, 1), out_size(6, 3, stride, 1, 1)
+    kernel = clean_kernel_offsets((2, 18, ho, wo), 3, 4, gen)
+    data = clean_data_offsets((2, 18, ho, wo), gen)
+    inputs = [t.requires_grad_() for t in (x, weight, kernel, data)]
+    outs = [deformable_kernel_local(*inputs[:3], 3, stride, 1, data_offset=inputs[3], chunk_size=c)
+            for c in (1, wo * 2, 10 ** 6)]
+    grads = [_grads(out, inputs) for out in outs]
+    for out, grad in zip(outs[:2], grads[:2]):
+        torch.testing.assert_close(out, outs[2], rtol=1e-12, atol=1e-12)
+        for a, b in zip(grad, grads[2]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    only_offsets = [t.detach().requires_grad_(i == 3) for i, t in enumerate(inputs)]
+    out = deformable_kernel_local(*only_offsets[:3], 3, stride, 1, data_offset=only_offsets[3],
+                                  chunk_size=wo)
+    torch.testing.assert_close(_grads(out, only_offsets[3:])[0], grads[2][3])
+
+
 def test_zero_data_offsets_equal_plain_dk():
     pytest.importorskip('deform_viz.ops.deform_conv')
     x, weight, offset, conv = make_case((3, 4, 2, 1, 1, 1, 3, 4), True, n=2)
