@@ -25,6 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 Pair = Union[int, Tuple[int, int]]
 
@@ -210,6 +211,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
         return out.view(n, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         rows, offset, mask, weight = ctx.saved_tensors
         need_x, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
