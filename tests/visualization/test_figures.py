@@ -48,7 +48,7 @@ def test_figures_are_deterministic(dump, tmp_path):
     outputs = []
     for attempt in range(2):
         files = []
-        for layer, kind, fig in render_dump(dump, dpi=60, width=4.0):
+        for layer, kind, fig in render_dump(dump, dpi=40, width=3.0):
             for fmt in ('png', 'pdf') if kind == 'df_divergence' else ('png',):   # pdf is slow to write
                 path = tmp_path / f'{attempt}' / f'{kind}.{fmt}'
                 save_figure(fig, str(path))

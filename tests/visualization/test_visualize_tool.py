@@ -1,6 +1,6 @@
 """tools/visualize_offsets.py on synthetic dumps: files per image/layer/kind, filters, errors."""
 import os
-import subprocess
+import runpy
 import sys
 
 import numpy as np
@@ -70,10 +70,10 @@ def test_tool_errors(visualize, dumps, tmp_path):
         visualize([str(dumps), '--points', '3'])
 
 
-def test_command_line_error_message(dumps, tmp_path):
+def test_command_line_error_message(dumps, tmp_path, monkeypatch):
     """Run as a script, a bad argument ends with one readable line, not a traceback."""
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'visualize_offsets.py'),
-                             str(tmp_path / 'missing')], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert 'visualize_offsets.py: error: offset dump' in result.stderr and 'does not exist' in result.stderr
-    assert 'Traceback' not in result.stderr
+    monkeypatch.setattr(sys, 'argv', ['visualize_offsets.py', str(tmp_path / 'missing')])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(REPO, 'tools', 'visualize_offsets.py'), run_name='__main__')
+    message = str(exit_info.value.code)
+    assert message.startswith('visualize_offsets.py: error: offset dump') and 'does not exist' in message
