@@ -28,7 +28,14 @@ def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optio
 
 
 def build_runner(cfg: Config) -> Runner:
-    """Build the runner named by ``runner_type`` (mmdet's RUNNERS), else mmengine's default."""
+    """Build the runner named by ``runner_type`` (mmdet's RUNNERS), else mmengine's default.
+
+    mmdet's configs name their visualizer 'visualizer', and mmengine keeps one instance per
+    name: a second runner in the same process (demo, ablation, tests) would write into the
+    first run's vis_data. Unnamed, each runner's visualizer takes its experiment name.
+    """
+    if cfg.get('visualizer') and cfg.visualizer.get('name') == 'visualizer':
+        cfg.visualizer.pop('name')
     if 'runner_type' in cfg:
         from mmdet.registry import RUNNERS
         return RUNNERS.build(cfg)

@@ -50,7 +50,11 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, args.resume
     trust_local_checkpoints()
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except Exception:  # in the run's log too, so tools/collect_results.py can say why it stopped
+        runner.logger.exception('training crashed')
+        raise
     return runner
 
 
