@@ -57,10 +57,17 @@ def analyze_offsets(dump: str, ann_file: str, layers: Optional[Sequence[str]] = 
 
 
 # ---------------------------------------------------------------------- markdown
+def _fixed(value: float, digits: int) -> str:
+    """Fixed point, or two significant digits for values too small to show that way."""
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return f'{value:.2g}'
+    return f'{value:.{digits}f}'
+
+
 def _ms(s: dict, digits: int = 2) -> str:
     if not s or s.get('mean') is None:
         return 'n/a'
-    return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+    return f'{_fixed(s["mean"], digits)} ± {_fixed(s["std"], digits)}'
 
 
 def _num(v, digits=3, pct=False) -> str:

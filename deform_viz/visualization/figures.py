@@ -251,7 +251,8 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
     ax.quiverkey(q, 0.86, 1.015, key, f'{key:g} px', labelpos='E', coordinates='axes',
                  fontproperties={'size': 7})
     handles = [Patch(facecolor=(*NEGATIVE_DIV_RGB, mask_alpha), edgecolor='none',
-                     label=f'div d_f < {div_threshold:g}: {int(negative.sum())} of {negative.size} cells'),
+                     label=f'div d_f < {div_threshold:g}: {int(negative.sum())} of {negative.size} cells '
+                           f'(div from {float(div.min()):.2g} to {float(div.max()):.2g})'),
                Line2D([], [], color='none', label=f'{lengths.size} of {div.size} arrows shown')]
     ax.legend(handles=handles, loc='lower left', framealpha=0.85)
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, label='|d_f| (image px)')
