@@ -100,8 +100,10 @@ def load_tool(name: str):
 
 def cfg_options_argv(options: dict) -> list:
     """``{'a.b': (1, 2)}`` -> ``['a.b=(1,2)']``: a dict of overrides as ``--cfg-options`` words."""
-    def text(value):
-        if isinstance(value, (tuple, list)):
+    def text(value):  # as mmengine's DictAction parses it back
+        if isinstance(value, tuple):
             return '(' + ','.join(text(v) for v in value) + ')'
+        if isinstance(value, list):
+            return '[' + ','.join(text(v) for v in value) + ']'
         return str(value)
     return [f'{key}={text(value)}' for key, value in options.items()]

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
+from deform_viz.engine import cfg_options_argv, load_tool  # noqa: F401  (load_tool used by test modules)
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COCO_CONFIG_DIRS = ('revisiting_dcn', 'deformable_kernels', 'test_time_projection')
 IMAGE_SCALE = (128, 128)
@@ -34,15 +36,6 @@ def all_configs() -> List[str]:
     """Every config under configs/ except the partial ones in _base_ folders."""
     paths = glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
     return sorted(p for p in paths if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
-
-
-def _cli(value) -> str:
-    """A value as DictAction parses it back from ``--cfg-options key=value``."""
-    if isinstance(value, tuple):
-        return '(' + ','.join(_cli(v) for v in value) + ')'
-    if isinstance(value, list):
-        return '[' + ','.join(_cli(v) for v in value) + ']'
-    return str(value)
 
 
 def _resize_index(pipeline) -> int:
@@ -101,15 +94,7 @@ def synthetic_options(config: str, data_root: str, *, name: str, checkpoint: boo
 
 
 def argv_options(options: Dict) -> List[str]:
-    return ['--cfg-options'] + [f'{k}={_cli(v)}' for k, v in options.items()]
-
-
-def load_tool(name: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ['--cfg-options', *cfg_options_argv(options)]
 
 
 @dataclass
