@@ -128,6 +128,17 @@ def _image_axes(layer, ax, width, dpi, extra_height=1.0):
     return fig, fig.add_subplot()
 
 
+def _legend(fig, ax, handles, own_figure: bool) -> None:
+    """Legend below the image when the figure is ours (so it hides nothing), else inside the axes."""
+    try:
+        if own_figure:
+            fig.legend(handles=handles, loc='outside lower center', ncols=2, frameon=False)
+            return
+    except (TypeError, ValueError):  # matplotlib < 3.7 has no 'outside' placement
+        pass
+    ax.legend(handles=handles, loc='lower left', framealpha=0.85)
+
+
 def _set_title(fig, ax, what: str, layer: LayerOffsets, group, own_figure: bool):
     caption = layer_caption(layer, group)
     if own_figure:
@@ -254,7 +265,7 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
                      label=f'div d_f < {div_threshold:g}: {int(negative.sum())} of {negative.size} cells '
                            f'(div from {float(div.min()):.2g} to {float(div.max()):.2g})'),
                Line2D([], [], color='none', label=f'{lengths.size} of {div.size} arrows shown')]
-    ax.legend(handles=handles, loc='lower left', framealpha=0.85)
+    _legend(fig, ax, handles, own)
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.8, label='|d_f| (image px)')
     _set_title(fig, ax, 'Fig. 2 · feature-map displacement d_f and its negative divergence', layer, group, own)
     return fig
@@ -293,7 +304,7 @@ def plot_dk_extent(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=N
                       label=f'rigid kernel: r = {rigid:.3g} px (drawn {base:.3g} px)'),
                Line2D([], [], color='none', label=f'{ratio.size} of {radius.size} locations · '
                                                   f'ratio {float(ratio.min()):.2f}-{float(ratio.max()):.2f}')]
-    ax.legend(handles=handles, loc='lower left', framealpha=0.85)
+    _legend(fig, ax, handles, own)
     fig.colorbar(mapper, ax=ax, shrink=0.8, label='kernel extent radius / rigid radius')
     _set_title(fig, ax, 'Fig. 3 · kernel-space displacement d_k: circle radius ∝ √(width × height)',
                layer, group, own)
@@ -413,7 +424,7 @@ def plot_sampling_locations(layer: LayerOffsets, points: Optional[Sequence[Tuple
         taps = int(np.prod(lower.kernel_size))
         handles.append(Line2D([], [], marker='o', ls='', color='grey', ms=3,
                               label=f'through {lower.name}: {len(layer.fields[0]) * taps ** depth} points'))
-    ax.legend(handles=handles, loc='lower left', framealpha=0.85)
+    _legend(fig, ax, handles, own)
     _include_points(ax, np.concatenate(shown, axis=1), geom.ori_shape)
     _set_title(fig, ax, f'sampling locations of {len(cells)} location(s) · '
                         f'{layer.kernel_size[0]}×{layer.kernel_size[1]} taps'

@@ -95,7 +95,8 @@ def test_sampling_points_and_groups(tmp_path):
     path = write_dump(tmp_path, 1, {NAME: ({}, scaled_kernel_field(np.full((4, 4), 2.0)))}, ori_shape=(32, 32))
     layer = LayerOffsets.from_dump(load_offset_dump(path), NAME)
     fig = plot_sampling_locations(layer, points=[(8, 8), (24, 16)], dpi=50, width=3.0)
-    assert 'cell (1, 1)' in ''.join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    legends = fig.legends or [fig.axes[0].get_legend()]
+    assert 'cell (1, 1)' in ''.join(t.get_text() for t in legends[0].get_texts())
     with pytest.raises(ValueError, match='outside the feature grid'):
         plot_sampling_locations(layer, points=[(500, 8)])
     with pytest.raises(ValueError, match='group 3 does not exist'):
