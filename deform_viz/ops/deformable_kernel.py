@@ -18,9 +18,9 @@ Local DK never builds a kernel per output location. With U(p) the K*K input colu
 (C*K*K values) and B(p) the (K*K, S*S) bilinear weights, ``y(p) = W_scope . (B(p)^T U(p))``: a small
 per-location product (C*K^2*S^2 multiply-adds) followed by one GEMM with the scope weights
 (O*C*S^2), evaluated over chunks of output locations. Its autograd function saves only the input,
-the weights and B and recomputes the columns chunk by chunk in backward, so memory beyond the
-output stays bounded by the chunk size in both passes. Global DK resamples one kernel per image
-and runs it as an ordinary (grouped) convolution.
+the weights, B and the data offsets and recomputes the columns chunk by chunk in backward, so
+memory beyond input-sized buffers stays bounded by the chunk size in both passes (DCN + DK
+too). Global DK resamples one kernel per image and runs it as an ordinary (grouped) convolution.
 
 Gradient w.r.t. kernel offsets. Bilinear interpolation is piecewise linear in the position, with
 kinks at integer scope coordinates, and the clip makes it constant outside the scope. The
@@ -211,12 +211,6 @@ def default_chunk_size(in_channels: int, kernel_size: IntPair, scope: IntPair) -
     return max(64, (1 << 22) // (in_channels * (kh * kw + sh * sw)))
 
 
-def _data_columns(x: Tensor, data_offset: Tensor, geom: _Geometry) -> Tensor:
-    """Deformable sampling for DCN + DK: (N, C, Kh*Kw, Ho, Wo)."""
-    from .deform_conv import deform_sample
-    return deform_sample(x, data_offset, geom.kernel, geom.stride, geom.padding, geom.dilation)
-
-
 def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
                             kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
                             dilation: IntPair = 1, groups: int = 1, bias: Optional[Tensor] = None,
@@ -232,7 +226,8 @@ def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
         groups: conv groups (1, grouped, or depthwise = C).
         bias: optional (O,).
         data_offset: optional (N, 2*D*Kh*Kw, Ho, Wo) DCN data offsets (mmcv layout) for
-            DCN + DK (DK paper Eq. 11); the rigid columns are then replaced by deformable samples.
+            DCN + DK (DK paper Eq. 11); the rigid columns are then replaced by bilinear samples
+            at the deformed positions (mmcv's convention, as ``deform_sample``), chunk by chunk.
         chunk_size: output locations processed at once (memory bound); default
             :func:`default_chunk_size`.
 
@@ -267,7 +262,9 @@ def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
         weight: (O, C/groups, Sh, Sw) scope weights.
         kernel_offset: (N, 2*Kh*Kw) kernel offsets in scope cells, [y0, x0, y1, x1, ...].
         kernel_size, stride, padding, dilation, groups, bias: as for ``nn.Conv2d``.
-        data_offset: optional (N, 2*D*Kh*Kw, Ho, Wo) DCN data offsets (DCN + DK).
+        data_offset: optional (N, 2*D*Kh*Kw, Ho, Wo) DCN data offsets (DCN + DK); the
+            deformable columns (N, C, Kh*Kw, Ho, Wo) of ``deform_sample`` are then built whole
+            and multiplied by the per-image kernels.
 
     Returns:
         (N, O, Ho, Wo). Without data offsets: the per-image resampled kernels (N, O, C/G, Kh, Kw)
@@ -285,7 +282,9 @@ def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
                        None if bias is None else bias.repeat(n), groups=n * g, **conv)
         return out.view(n, o, geom.out_h, geom.out_w)
     geom.check_data_offset(data_offset)
-    columns = _data_columns(x, data_offset, geom)  # (N, C, KK, Ho, Wo)
+    from .deform_conv import deform_sample
+    columns = deform_sample(x, data_offset, geom.kernel, geom.stride, geom.padding,
+                            geom.dilation)  # (N, C, KK, Ho, Wo)
     out = torch.matmul(kernel.reshape(n, g, o // g, -1),
                        columns.reshape(n, g, (c // g) * geom.taps, -1))  # (N, G, O/G, L)
     out = out.reshape(n, o, geom.out_h, geom.out_w)
