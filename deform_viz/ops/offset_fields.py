@@ -132,11 +132,11 @@ def effective_dilation(fields: Tensor, kernel_size: Pair, dilation: Pair = 1) ->
     Zero offsets give the layer's dilation (the mean of dh and dw when they differ).
     """
     grid = _tap_grid(sampling_positions(fields, kernel_size, dilation), kernel_size)
-    distances = []
-    if grid.shape[-4] > 1:  # neighbours along a row
-        distances.append((grid[..., :, 1:, :, :, :] - grid[..., :, :-1, :, :, :]).norm(dim=-3).flatten(-4, -3))
-    if grid.shape[-5] > 1:  # neighbours along a column
-        distances.append((grid[..., 1:, :, :, :, :] - grid[..., :-1, :, :, :, :]).norm(dim=-3).flatten(-4, -3))
-    if not distances:
+    kh, kw = grid.shape[-5], grid.shape[-4]
+    if kh * kw == 1:
         raise ValueError('effective dilation needs a kernel larger than 1x1')
-    return torch.cat(distances, dim=-3).mean(dim=-3)
+    # sum of squares over (dy, dx) then sqrt: much faster than norm() on these strided views
+    along_rows = (grid[..., :, 1:, :, :, :] - grid[..., :, :-1, :, :, :]).square().sum(dim=-3).sqrt()
+    along_cols = (grid[..., 1:, :, :, :, :] - grid[..., :-1, :, :, :, :]).square().sum(dim=-3).sqrt()
+    total = along_rows.sum(dim=(-4, -3)) + along_cols.sum(dim=(-4, -3))
+    return total / (kh * (kw - 1) + (kh - 1) * kw)
