@@ -19,7 +19,8 @@ def test_quick_demo_produces_every_artifact(tmp_path):
     report = json.load(open(summary['report']))
     assert len(report['layers']) == 13  # 4 + 6 + 3 bottlenecks in c3-c5
     numbers = summary['numbers']
-    assert 0.0 <= numbers['bbox_mAP'] <= 1.0
+    # two epochs on 16 images may detect nothing: CocoMetric then reports no AP at all
+    assert numbers['bbox_mAP'] is None or 0.0 <= numbers['bbox_mAP'] <= 1.0
     assert numbers['divergence_in_boxes'] is not None and numbers['divergence_background'] is not None
     assert json.load(open(tmp_path / 'demo' / 'summary.json'))['numbers'] == numbers
 

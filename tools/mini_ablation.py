@@ -56,7 +56,8 @@ def schedule_options(epochs: int) -> dict:
 
 
 def bbox_ap(metrics: dict) -> float:
-    return float(metrics['coco/bbox_mAP'])
+    # mmdet's CocoMetric returns no metrics when a model detects nothing; COCO's AP is then 0
+    return float(metrics.get('coco/bbox_mAP', 0.0))
 
 
 def train_and_test(config: str, run_dir: str, options: dict) -> float:
