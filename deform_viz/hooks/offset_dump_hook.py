@@ -545,16 +545,19 @@ class OffsetDumpHook(Hook):
         self._active = False
         self._stop_recording()
         self._recorders = []
-        totals = torch.tensor([self.written, self.bytes, self.existing, int(self.budget_hit)],
-                              dtype=torch.float64)
+        totals = torch.tensor(
+            [self.written, self.bytes, self.existing, int(self.budget_hit), self.repeats],
+            dtype=torch.float64)
         all_reduce(totals)
-        written, size, existing, hit = (int(v) for v in totals.tolist())
+        written, size, existing, hit, repeats = (int(v) for v in totals.tolist())
         message = (f'wrote {written} offset dumps ({size / 1e6:.1f} MB, '
                    f'{size / max(written, 1) / 1e6:.2f} MB per image) to {self.dir}')
         if existing:
             message += f'; {existing} images were already dumped and were skipped'
         if hit:
             message += f'; the byte budget stopped {hit} of {self.world_size} ranks early'
+        if repeats:
+            message += f'; {repeats} repeated images (sampler padding) were not written again'
         self._log(message)
 
     def _log(self, message: str, level: str = 'INFO', all_ranks: bool = False) -> None:

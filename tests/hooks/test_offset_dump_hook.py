@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_CONFIG_DIR, REPO
+from conftest import CPU_CONFIG_DIR
 from deform_viz.engine import cfg_options_argv, load_tool
 from deform_viz.dump import OffsetDumpError, iter_offset_dumps, load_offset_dump, offset_dump_paths
 
@@ -62,7 +62,7 @@ def reference_outputs(runner, layer_names, index):
     captured, handles = {}, []
     for name in layer_names:
         for part in ('conv_offset', 'conv_data_offset'):
-            if hasattr(modules[name], part):
+            if getattr(modules[name], part, None) is not None:
                 handles.append(getattr(modules[name], part).register_forward_hook(
                     lambda m, i, o, key=(name, part): captured.setdefault(key, o.detach())))
     try:
@@ -210,16 +210,17 @@ def test_unwritable_dir_fails_before_the_first_batch(tiny_checkpoint, tmp_path):
 def test_existing_dumps_are_kept_and_resume_completes(tiny_checkpoint, tmp_path):
     """max_images stops a run early; a second run refuses to overwrite, resume=True completes it."""
     dump_dir = tmp_path / 'dumps'
-    ids = val_image_ids(tiny_checkpoint.data_root)
+    ids = val_image_ids(tiny_checkpoint.data_root)[:5]
+    subset = {'test_dataloader.dataset.indices': 5}
     run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir),
-                  '--dump-options', 'max_images=3')
+                  '--dump-options', 'max_images=3', **subset)
     first = {p.name: p.stat().st_mtime_ns for p in offset_dump_paths(dump_dir)}
     assert sorted(first) == sorted(f'{i}.npz' for i in ids[:3])
 
     with pytest.raises(FileExistsError, match='already holds 3 offset dumps.*resume=True'):
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir))
+        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir), **subset)
     run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir),
-                  '--dump-options', 'resume=True')
+                  '--dump-options', 'resume=True', **subset)
     paths = offset_dump_paths(dump_dir)
     assert [p.name for p in paths] == [f'{i}.npz' for i in ids]
     assert all(p.stat().st_mtime_ns == first[p.name] for p in paths if p.name in first)
@@ -251,16 +252,17 @@ def _register_interrupt_hook():
 def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
     _register_interrupt_hook()
     dump_dir = tmp_path / 'dumps'
-    ids = val_image_ids(tiny_checkpoint.data_root)
-    options = eval_options(tiny_checkpoint, **{'test_dataloader.batch_size': 2})
+    ids = val_image_ids(tiny_checkpoint.data_root)[:6]
+    options = eval_options(tiny_checkpoint, **{'test_dataloader.batch_size': 2,
+                                               'test_dataloader.dataset.indices': 6})
     runner = build_runner(tiny_checkpoint.config, tmp_path, options, dict(out_dir=str(dump_dir)),
                           tiny_checkpoint.checkpoint,
-                          [dict(type='InterruptAtBatchForTest', at=2)])
+                          [dict(type='InterruptAtBatchForTest', at=1)])
     with pytest.raises(_Interrupt):
         runner.test()
     written = [p.name for p in offset_dump_paths(dump_dir)]
-    assert written == [f'{i}.npz' for i in ids[:4]]  # batches 0 and 1
-    (dump_dir / '.7.npz.x1y2.tmp').write_bytes(b'PK\x03\x04 half a file')  # a killed writer
+    assert written == [f'{i}.npz' for i in ids[:2]]  # batch 0 only
+    (dump_dir / f'.{ids[3]}.npz.x1y2.tmp').write_bytes(b'PK\x03\x04 half')  # a killed writer
     stamps = {name: (dump_dir / name).stat().st_mtime_ns for name in written}
 
     runner = build_runner(tiny_checkpoint.config, tmp_path, options,
@@ -279,10 +281,11 @@ def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
 def test_byte_budget_stops_with_one_warning(tiny_checkpoint, tmp_path, caplog):
     probe = tmp_path / 'probe'
     run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(probe),
-                  '--dump-options', 'max_images=1')
+                  **{'test_dataloader.dataset.indices': 1})
     size = offset_dump_paths(probe)[0].stat().st_size
     dump_dir = tmp_path / 'dumps'
-    runner = build_runner(tiny_checkpoint.config, tmp_path, eval_options(tiny_checkpoint),
+    options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 4})
+    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
                           dict(out_dir=str(dump_dir), max_bytes=int(size * 2.5)),
                           tiny_checkpoint.checkpoint)
     from mmengine.logging import MMLogger
@@ -335,9 +338,10 @@ def test_every_layer_type_is_dumped_as_computed(variant, tiny_checkpoint, tmp_pa
     dump_dir = tmp_path / 'dumps'
     options = eval_options(tiny_checkpoint, **{
         'model.backbone.dcn': dict(_delete_=True, fallback_on_stride=False, **dcn),
-        'model.backbone.stage_with_dcn': (False, False, True, True)})
+        'model.backbone.stage_with_dcn': (False, False, True, True),
+        'test_dataloader.dataset.indices': 1})
     runner = build_runner(tiny_checkpoint.config, tmp_path, options,
-                          dict(out_dir=str(dump_dir), max_images=2, components='all'))
+                          dict(out_dir=str(dump_dir), components='all'))
     generator = torch.Generator().manual_seed(0)
     for module in runner.model.modules():
         for part in ('conv_offset', 'conv_data_offset'):
@@ -347,7 +351,7 @@ def test_every_layer_type_is_dumped_as_computed(variant, tiny_checkpoint, tmp_pa
                     p.data = torch.randn(p.shape, generator=generator) * 0.05
     runner.test()
     dumps = list(iter_offset_dumps(dump_dir))
-    assert len(dumps) == 2
+    assert len(dumps) == 1
     names = list(dumps[0].layers)
     assert names == [f'backbone.layer{s}.{b}.conv2' for s, n in ((3, 6), (4, 3)) for b in range(n)]
     all_components = components + (['d_k'] if 'offset' in components else [])
@@ -370,24 +374,46 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
     ids = val_image_ids(tiny_checkpoint.data_root)
     options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 7,
                                                'test_dataloader.batch_size': 2})
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    if not torch.cuda.is_available():  # mmengine would give DDP the device id of a GPU
+        options.update({'model_wrapper_cfg.type': 'MMDistributedDataParallel',
+                        'model_wrapper_cfg.device_ids': None})
+    env = dict(os.environ, OMP_NUM_THREADS='1')
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               osp.join(REPO, 'tools', 'test.py'), tiny_checkpoint.config, tiny_checkpoint.checkpoint,
+               osp.join(osp.dirname(__file__), 'dist_entry.py'),
+               tiny_checkpoint.config, tiny_checkpoint.checkpoint,
                '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work'),
                '--cfg-options', *cfg_options_argv(options), '--dump-offsets', str(dump_dir)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(os.listdir(dump_dir)) == sorted(f'{i}.npz' for i in ids[:7])
-    assert 'wrote 7 offset dumps' in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert 'wrote 7 offset dumps' in log
+    assert '1 repeated images (sampler padding) were not written again' in log
     for dump in iter_offset_dumps(dump_dir):
         assert len(dump.layers) == 13
+
+
+@pytest.mark.slow
+def test_val_loop_is_dumped_too(tiny_checkpoint, tmp_path):
+    options = eval_options(tiny_checkpoint, **{'val_dataloader.dataset.indices': 2,
+                                               'val_dataloader.dataset.pipeline.1.scale': (SCALE, SCALE)})
+    dump_dir = tmp_path / 'dumps'
+    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
+                          dict(out_dir=str(dump_dir), layers='backbone.layer4.*'),
+                          tiny_checkpoint.checkpoint)
+    runner.val()
+    dumps = list(iter_offset_dumps(dump_dir))
+    assert [d.img_id for d in dumps] == val_image_ids(tiny_checkpoint.data_root)[:2]
+    assert list(dumps[0].layers) == [f'backbone.layer4.{b}.conv2' for b in range(3)]
+    assert not any(m._forward_hooks for m in runner.model.modules())
 
 
 # ---------------------------------------------------------------------------- disabled / errors
 @pytest.mark.slow
 def test_no_hook_no_work(tiny_checkpoint, tmp_path):
-    runner = build_runner(tiny_checkpoint.config, tmp_path, eval_options(tiny_checkpoint),
+    options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 2})
+    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
                           checkpoint=tiny_checkpoint.checkpoint)
     runner.test()
     assert not any(type(h).__name__ == 'OffsetDumpHook' for h in runner.hooks)
