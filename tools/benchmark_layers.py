@@ -23,6 +23,7 @@ plain model.
     python tools/benchmark_layers.py --detector --variants conv mmcv_dcn dcn dcn_df --repeat 2
 """
 import argparse
+import copy
 import json
 import os
 import re
@@ -259,7 +260,7 @@ def benchmark_detector(args):
                         for _ in range(args.batch)], data_samples=samples)
     rows = {}
     for name in args.variants:
-        cfg = base.copy()
+        cfg = copy.deepcopy(base)
         if name != 'conv':
             cfg_type = VARIANTS[name]['type']
             if name == NAIVE or ROOT.get(cfg_type) is None:

@@ -264,8 +264,9 @@ def test_faster_rcnn_with_variant_trains_and_predicts(variant, detector_parts):
     if ROOT_MODELS.get(layer_cfg['type']) is None:
         pytest.skip(f"{layer_cfg['type']} is not registered (its layer has not landed)")
     model_cfg, data = detector_parts
-    cfg = model_cfg.copy()
-    cfg.backbone.update(dcn=dict(layer_cfg, fallback_on_stride=False), stage_with_dcn=(False, True, True, True))
+    cfg = copy.deepcopy(model_cfg)  # ConfigDict.update would merge into an earlier variant's dcn
+    cfg.backbone.dcn = dict(layer_cfg, fallback_on_stride=False)
+    cfg.backbone.stage_with_dcn = (False, True, True, True)
     torch.manual_seed(0)
     model = MODELS.build(cfg)
     model.init_weights()
