@@ -25,6 +25,7 @@ plain model.
 import argparse
 import copy
 import json
+import logging
 import os
 import re
 import statistics
@@ -239,10 +240,12 @@ def benchmark_detector(args):
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
     from mmengine.hub import get_config
+    from mmengine.logging import MMLogger
     from mmengine.optim import OptimWrapper
     from mmengine.registry import MODELS as ROOT
     from mmengine.structures import InstanceData
     register_all_modules()
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-parameter init report
     base = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
     base.backbone.init_cfg = None
     h, w = args.image
