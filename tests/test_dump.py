@@ -1,6 +1,5 @@
 """The offset dump format: atomic writing, validated reading, clear errors for bad files."""
 import json
-import zipfile
 
 import numpy as np
 import pytest

@@ -278,7 +278,7 @@ def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_byte_budget_stops_with_one_warning(tiny_checkpoint, tmp_path, caplog):
+def test_byte_budget_stops_with_one_warning(tiny_checkpoint, tmp_path):
     probe = tmp_path / 'probe'
     run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(probe),
                   **{'test_dataloader.dataset.indices': 1})
