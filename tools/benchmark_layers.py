@@ -16,7 +16,7 @@ library workspaces), input and parameters excluded.
 
 ``--detector`` instead times a whole Faster R-CNN R-50-FPN train step (forward, losses,
 backward, SGD step) on a synthetic 800x1333 batch, with each variant in c3-c5, against the
-plain model.
+plain model; all models are built first and stepped round-robin, like the layers.
 
     python tools/benchmark_layers.py --repeat 5
     python tools/benchmark_layers.py --variants conv mmcv_dcn dcn dcn_df --stages c4 --no-memory
@@ -261,7 +261,7 @@ def benchmark_detector(args):
         samples.append(sample)
     data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
                         for _ in range(args.batch)], data_samples=samples)
-    rows = {}
+    rows, models = {}, {}
     for name in args.variants:
         cfg = copy.deepcopy(base)
         if name != 'conv':
@@ -274,15 +274,16 @@ def benchmark_detector(args):
         model = MODELS.build(cfg)
         model.init_weights()
         model.train()
-        optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
-        times = []
-        for round_ in range(args.warmup + args.repeat):
+        models[name] = (model, OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)))
+    times = {name: [] for name in models}
+    for round_ in range(args.warmup + args.repeat):  # round-robin, so load changes hit every row
+        for name, (model, optim) in models.items():
             start = time.perf_counter()
             model.train_step(data, optim)
             if round_ >= args.warmup:
-                times.append(time.perf_counter() - start)
-        rows[name] = statistics.median(times)
-        print(f'[{name}: {rows[name]:.1f} s]', file=sys.stderr, flush=True)
+                times[name].append(time.perf_counter() - start)
+            print(f'[round {round_} {name}: {time.perf_counter() - start:.1f} s]', file=sys.stderr, flush=True)
+    rows.update({name: statistics.median(t) for name, t in times.items()})
     lines = ['| variant in c3-c5 | train step s | x plain |', '|---|---|---|']
     for name, t in rows.items():
         cells = [t, '-'] if isinstance(t, str) else [f'{t:.1f}', f'{t / rows["conv"]:.2f}']
