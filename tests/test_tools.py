@@ -28,8 +28,9 @@ def last_metrics(work_dir):
 def test_train_then_test_roundtrip(synthetic_data_root, tmp_path):
     from deform_viz.engine import synthetic_data_options
     options = synthetic_data_options(synthetic_data_root, TEST_IMAGE_SCALE)
+    # one epoch learns little: keep every box so CocoMetric has detections to score
     options.update({'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 1,
-                    'default_hooks.checkpoint.interval': 1})
+                    'default_hooks.checkpoint.interval': 1, 'model.test_cfg.rcnn.score_thr': 0.0})
     work_dir = str(tmp_path / 'work')
     run('train.py', DCN_CONFIG, '--work-dir', work_dir, '--cfg-options', *cfg_options_argv(options),
         cwd=tmp_path)
