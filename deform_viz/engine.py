@@ -36,10 +36,28 @@ def build_runner(cfg: Config) -> Runner:
     """
     if cfg.get('visualizer') and cfg.visualizer.get('name') == 'visualizer':
         cfg.visualizer.pop('name')
+    if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
+        _prepare_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         from mmdet.registry import RUNNERS
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def _prepare_cpu_distributed(cfg: Config) -> None:
+    """Let ``--launcher pytorch`` run on CPU-only torch (gloo), e.g. torchrun tests and CPU clusters.
+
+    mmengine 0.10's ``init_dist`` calls ``torch.cuda.set_device`` whatever the backend, and its
+    default DDP wrapper passes a GPU index as ``device_ids``. Starting the gloo group first makes
+    mmengine reuse it; DDP on CPU takes ``device_ids=None``.
+    """
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group('gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
+                                     broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
 
 
 def trust_local_checkpoints() -> None:

@@ -2,6 +2,7 @@
 import glob
 import json
 import os.path as osp
+import pickle
 import subprocess
 import sys
 
@@ -18,9 +19,11 @@ def run(tool, *args, cwd):
 
 
 def last_metrics(work_dir):
-    """The metrics mmengine logged last, from ``<work_dir>/<timestamp>/vis_data/scalars.json``."""
-    scalars = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    lines = [json.loads(line) for path in scalars for line in open(path)]
+    """The COCO metrics mmengine logged last: ``<timestamp>/vis_data/<timestamp>.json`` for a
+    training run, ``<timestamp>/<timestamp>.json`` for a test run."""
+    logs = sorted(glob.glob(osp.join(work_dir, '2*', 'vis_data', '2*.json'))
+                  + glob.glob(osp.join(work_dir, '2*', '2*.json')))
+    lines = [json.loads(line) for path in logs for line in open(path)]
     return [line for line in lines if 'coco/bbox_mAP' in line][-1]
 
 
@@ -45,7 +48,10 @@ def test_train_then_test_roundtrip(synthetic_data_root, tmp_path):
     tested = last_metrics(test_dir)
     # the same weights on the same images give the same COCO numbers
     assert tested['coco/bbox_mAP'] == pytest.approx(trained['coco/bbox_mAP'], abs=1e-3)
-    assert osp.getsize(tmp_path / 'det.pkl') > 0
+    with open(tmp_path / 'det.pkl', 'rb') as f:
+        predictions = pickle.load(f)
+    assert len(predictions) == 8  # one per val image
+    assert all(len(p['pred_instances']['bboxes']) > 0 for p in predictions)
 
 
 def test_tools_reject_bad_out_file(tiny_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_CONFIG_DIR
+from conftest import CPU_CONFIG_DIR, REPO
 from deform_viz.engine import cfg_options_argv, load_tool
 from deform_viz.dump import OffsetDumpError, iter_offset_dumps, load_offset_dump, offset_dump_paths
 
@@ -374,12 +374,9 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
     ids = val_image_ids(tiny_checkpoint.data_root)
     options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 7,
                                                'test_dataloader.batch_size': 2})
-    if not torch.cuda.is_available():  # mmengine would give DDP the device id of a GPU
-        options.update({'model_wrapper_cfg.type': 'MMDistributedDataParallel',
-                        'model_wrapper_cfg.device_ids': None})
     env = dict(os.environ, OMP_NUM_THREADS='1')
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               osp.join(osp.dirname(__file__), 'dist_entry.py'),
+               osp.join(REPO, 'tools', 'test.py'),
                tiny_checkpoint.config, tiny_checkpoint.checkpoint,
                '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work'),
                '--cfg-options', *cfg_options_argv(options), '--dump-offsets', str(dump_dir)]
