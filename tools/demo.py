@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
 
     step('1/5 dataset')
     size = dict(num_train=16, num_val=6, image_size=(160, 160)) if args.quick else \
-        dict(num_train=200, num_val=50, image_size=(320, 320))
+        dict(num_train=160, num_val=50, image_size=(256, 256))
     data = make_synthetic_coco(args.data_root, seed=0, **size)
     print(f"{data['out_dir']}: {data['splits']['train']['images']} train / {data['splits']['val']['images']} val images"
           f"{' (reused)' if data['reused'] else ''}")

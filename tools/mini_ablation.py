@@ -1,6 +1,6 @@
 """Table 1 of the "revisiting" paper at CPU scale, on the embedded synthetic dataset.
 
-    python tools/mini_ablation.py [--seeds 0 1 2] [--epochs 12] [--num-train 200] [--num-val 50]
+    python tools/mini_ablation.py [--seeds 0 1 2] [--epochs 8] [--num-train 160] [--num-val 50]
                                   [--work-dir work_dirs/mini_ablation] [--format markdown|json]
 
 Trains the small CPU detector once per (row, seed) - baseline, d_f-only, d_k-only, full DCN
@@ -37,10 +37,10 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/mini_ablation')
     parser.add_argument('--data-root', default='data/synthetic')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=12, help='training epochs per run (default 12)')
-    parser.add_argument('--num-train', type=int, default=200)
+    parser.add_argument('--epochs', type=int, default=8, help='training epochs per run (default 8)')
+    parser.add_argument('--num-train', type=int, default=160)
     parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--image-size', type=int, default=320)
+    parser.add_argument('--image-size', type=int, default=256)
     parser.add_argument('--rows', nargs='+', choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS],
                         metavar='ROW', help='rows to run (default all)')
     parser.add_argument('--format', choices=('markdown', 'json'), default='markdown')
