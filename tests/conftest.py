@@ -19,6 +19,16 @@ TEST_IMAGE_SCALE = (160, 160)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def single_thread():
+    """For modules of tiny ops: a second intra-op thread only adds synchronisation (and is ~10x
+    slower when the cores are busy). Use with ``pytestmark = pytest.mark.usefixtures('single_thread')``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def synthetic_data_root(tmp_path_factory) -> str:
     """A small generated COCO dataset (train 16 / val 8 images, 160x160)."""

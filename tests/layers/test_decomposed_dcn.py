@@ -11,13 +11,7 @@ from deform_viz.ops.deform_conv import deform_conv2d_torch
 from deform_viz.ops.offset_fields import project_offsets
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny shapes: a second thread only adds synchronisation on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def randomize_offsets(layer, scale=0.3, seed=0):

@@ -17,13 +17,7 @@ from deform_viz.ops.deformable_kernel import (deformable_kernel_global, deformab
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Tiny shapes: intra-op threads only add synchronisation cost (large on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 # ----------------------------------------------------------------------------- reference
