@@ -19,8 +19,13 @@ model = dict(
         feat_channels=64,
         anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)))
+        # 2x2 samples per RoIAlign bin instead of adaptive: mmcv's CPU RoIAlign (backward above all)
+        # was half of a training step with sampling_ratio=0
+        bbox_roi_extractor=dict(out_channels=64, roi_layer=dict(sampling_ratio=2)),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)),
+    # at most 6 objects per 256-px image: fewer proposals and RoIs than COCO's defaults suffice
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=500), rcnn=dict(sampler=dict(num=256))),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=500)))
 
 max_epochs = 8
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)

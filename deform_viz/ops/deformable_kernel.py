@@ -15,12 +15,15 @@ Shapes (G = conv groups, C = input channels, O = output channels, L = Ho*Wo):
 * ``data_offset``    (N, 2*D*Kh*Kw, Ho, Wo) mmcv DCN layout, D deform groups (DCN + DK, Eq. 11).
 
 Local DK never builds a kernel per output location. With U(p) the K*K input columns at location p
-(C*K*K values) and B(p) the (K*K, S*S) bilinear weights, ``y(p) = W_scope . (B(p)^T U(p))``: a small
-per-location product (C*K^2*S^2 multiply-adds) followed by one GEMM with the scope weights
-(O*C*S^2), evaluated over chunks of output locations. Its autograd function saves only the input,
-the weights, B and the data offsets and recomputes the columns chunk by chunk in backward, so
-memory beyond input-sized buffers stays bounded by the chunk size in both passes (DCN + DK
-too). Global DK resamples one kernel per image and runs it as an ordinary (grouped) convolution.
+(C*K*K values) and B(p) the (K*K, S*S) bilinear weights, ``y(p) = W_scope . (B(p)^T U(p))``: the
+scope-space columns V = B^T U followed by one GEMM with the scope weights (O*C*S^2), over chunks
+of output locations. B has at most four non-zeros per tap, so V is a weighted sum of 4*K*K rows of
+U per location, scattered onto S*S cells: one ``F.embedding_bag`` with a bag per (location, scope
+cell), whose autograd also gives the gradients of U and of the bilinear weights. The autograd
+function saves only the input, the weights, the non-zeros of B and the data offsets and recomputes
+the columns chunk by chunk in backward, so memory beyond input-sized buffers stays bounded by the
+chunk size in both passes (DCN + DK too). Global DK resamples one kernel per image and runs it as
+an ordinary (grouped) convolution.
 
 Gradient w.r.t. kernel offsets. Bilinear interpolation is piecewise linear in the position, with
 kinks at integer scope coordinates, and the clip makes it constant outside the scope. The
@@ -50,7 +53,7 @@ from torch.autograd.function import once_differentiable
 IntPair = Union[int, Sequence[int]]
 
 __all__ = [
-    'kernel_base_grid', 'kernel_sampling_weights', 'resample_kernel',
+    'kernel_base_grid', 'kernel_sampling_corners', 'kernel_sampling_weights', 'resample_kernel',
     'deformable_kernel_local', 'deformable_kernel_global', 'default_chunk_size',
 ]
 
@@ -82,24 +85,28 @@ def kernel_base_grid(kernel_size: IntPair, scope: IntPair, *, dtype=torch.float3
     return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1)
 
 
-def _interp_1d(pos: Tensor, size: int) -> Tensor:
-    """Linear-interpolation weights (..., size) of clipped positions ``pos`` (...) on 0..size-1.
+def _interp_1d(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear interpolation of clipped positions ``pos`` (...) on the cells 0..size-1.
 
-    The floor index is capped at size-2 so that a position on the upper border uses the last
-    cell (inward one-sided slope); the clip passes the gradient at equality (see module doc).
+    Returns the two cells and their weights: ``low``, ``high`` (int64) and ``w_low``, ``w_high``
+    (differentiable in ``pos``). The floor is capped at size-2 so that a position on the upper
+    border uses the last cell (inward one-sided slope); the clip passes the gradient at equality
+    (see module doc). A single cell gets weight 1 (and a zero-weight duplicate), zero gradient.
     """
-    if size == 1:  # a single cell: weight 1, zero gradient (kept in the graph)
-        return pos.unsqueeze(-1) * 0 + 1
+    if size == 1:
+        zero = pos * 0
+        index = torch.zeros(pos.shape, dtype=torch.long, device=pos.device)
+        return index, index, zero + 1, zero
     pos = pos.clamp(0, size - 1)
     low = pos.detach().floor().clamp(max=size - 2)
-    frac = (pos - low).unsqueeze(-1)
-    grid = torch.arange(size, dtype=pos.dtype, device=pos.device)
-    low = low.unsqueeze(-1)
-    return (1 - frac) * (grid == low).to(pos.dtype) + frac * (grid == low + 1).to(pos.dtype)
+    frac = pos - low
+    low = low.long()
+    return low, low + 1, 1 - frac, frac
 
 
-def kernel_sampling_weights(kernel_offset: Tensor, kernel_size: IntPair, scope: IntPair) -> Tensor:
-    """Bilinear weights that place each kernel tap in the scope.
+def kernel_sampling_corners(kernel_offset: Tensor, kernel_size: IntPair,
+                            scope: IntPair) -> Tuple[Tensor, Tensor]:
+    """The (at most) four scope cells each kernel tap interpolates, and their bilinear weights.
 
     Args:
         kernel_offset: (..., Kh*Kw, 2) offsets (dy, dx) in scope cells, per tap n = i*Kw + j.
@@ -107,8 +114,9 @@ def kernel_sampling_weights(kernel_offset: Tensor, kernel_size: IntPair, scope: 
         scope: S or (Sh, Sw), each >= the kernel size.
 
     Returns:
-        (..., Kh*Kw, Sh*Sw): row n holds the weights of tap n on the row-major scope grid
-        (at most four non-zeros summing to one). The tap's kernel value is ``row . scope``.
+        ``cells`` (..., Kh*Kw, 4) int64 row-major scope indices and ``weights`` (..., Kh*Kw, 4),
+        summing to one per tap and differentiable in ``kernel_offset``. A cell may repeat (with
+        zero weight) when the scope is one cell wide.
     """
     (kh, kw), (sh, sw) = _pair(kernel_size, 'kernel_size'), _pair(scope, 'scope')
     _check_scope((kh, kw), (sh, sw))
@@ -117,9 +125,26 @@ def kernel_sampling_weights(kernel_offset: Tensor, kernel_size: IntPair, scope: 
                          f'kernel, got {tuple(kernel_offset.shape)}')
     pos = kernel_offset + kernel_base_grid((kh, kw), (sh, sw), dtype=kernel_offset.dtype,
                                            device=kernel_offset.device)
-    wy = _interp_1d(pos[..., 0], sh)
-    wx = _interp_1d(pos[..., 1], sw)
-    return (wy.unsqueeze(-1) * wx.unsqueeze(-2)).flatten(-2)
+    y0, y1, wy0, wy1 = _interp_1d(pos[..., 0], sh)
+    x0, x1, wx0, wx1 = _interp_1d(pos[..., 1], sw)
+    cells = torch.stack((y0 * sw + x0, y0 * sw + x1, y1 * sw + x0, y1 * sw + x1), dim=-1)
+    weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)
+    return cells, weights
+
+
+def kernel_sampling_weights(kernel_offset: Tensor, kernel_size: IntPair, scope: IntPair) -> Tensor:
+    """Bilinear weights that place each kernel tap in the scope, as a dense matrix.
+
+    Args and offsets as :func:`kernel_sampling_corners`.
+
+    Returns:
+        (..., Kh*Kw, Sh*Sw): row n holds the weights of tap n on the row-major scope grid
+        (at most four non-zeros summing to one). The tap's kernel value is ``row . scope``.
+    """
+    cells, weights = kernel_sampling_corners(kernel_offset, kernel_size, scope)
+    sh, sw = _pair(scope, 'scope')
+    dense = weights.new_zeros(*weights.shape[:-1], sh * sw)
+    return dense.scatter_add(-1, cells, weights)
 
 
 def resample_kernel(weight: Tensor, kernel_offset: Tensor, kernel_size: IntPair) -> Tensor:
@@ -237,14 +262,15 @@ def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
     geom = _Geometry(x, weight, kernel_size, stride, padding, dilation, groups)
     geom.check_kernel_offset(kernel_offset, local=True)
     n, taps = geom.n, geom.taps
-    sampling = kernel_sampling_weights(
+    cells, corner_weights = kernel_sampling_corners(
         kernel_offset.view(n, taps, 2, geom.out_h * geom.out_w).permute(0, 3, 1, 2),
-        geom.kernel, geom.scope)  # (N, L, KK, SS)
+        geom.kernel, geom.scope)  # (N, L, KK, 4) each
+    bags = _ScopeBags(cells, geom.scope[0] * geom.scope[1])
     if chunk_size is None:
         chunk_size = default_chunk_size(geom.in_c, geom.kernel, geom.scope)
     if data_offset is not None:
         geom.check_data_offset(data_offset)
-    out = _LocalDK.apply(x, weight, sampling.contiguous(), data_offset, geom, int(chunk_size))
+    out = _LocalDK.apply(x, weight, bags.sort(corner_weights), data_offset, bags, geom, int(chunk_size))
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
@@ -293,68 +319,126 @@ def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
     return out
 
 
+class _ScopeBags:
+    """The (tap, corner) pairs of every output location grouped by scope cell, for embedding_bag.
+
+    Each location has KK*4 pairs (tap n, corner m) that put weight on scope cell ``cells[n, m]``.
+    The scope-space columns V = B^T U (SS rows of C per location) are then one weighted
+    ``F.embedding_bag`` over the tap rows of U, one bag per (location, scope cell); its autograd
+    gives the gradients of U and of the pair weights. Pairs are sorted by cell within each
+    location once per call; ``sort`` puts the (differentiable) weights in the same order.
+    """
+
+    def __init__(self, cells: Tensor, scope_cells: int):
+        n, locations, taps, corners = cells.shape
+        self.taps, self.pairs, self.scope_cells = taps, taps * corners, scope_cells
+        sorted_cells, self.order = cells.reshape(n, locations, self.pairs).sort(dim=-1)
+        location = torch.arange(locations, device=cells.device).view(1, -1, 1)
+        self.tap_rows = self.order.div(corners, rounding_mode='floor') + location * taps  # (N, L, P)
+        grid = torch.arange(scope_cells, device=cells.device).expand(n, locations, scope_cells)
+        self.bag_starts = torch.searchsorted(sorted_cells, grid.contiguous()) + location * self.pairs
+
+    def sort(self, corner_weights: Tensor) -> Tensor:
+        """(N, L, KK, 4) weights -> (N, L, KK*4) in bag order (differentiable)."""
+        n, locations = corner_weights.shape[:2]
+        return corner_weights.reshape(n, locations, self.pairs).gather(-1, self.order)
+
+    def scatter(self, u: Tensor, pair_weights: Tensor, b: int, l0: int, l1: int) -> Tensor:
+        """V = B^T U for locations l0:l1 of image b: u (Lc, KK, C), pair_weights (Lc, P) -> (Lc, SS, C)."""
+        lc, _, c = u.shape
+        index = (self.tap_rows[b, l0:l1] - l0 * self.taps).reshape(-1)
+        starts = (self.bag_starts[b, l0:l1] - l0 * self.pairs).reshape(-1)
+        v = F.embedding_bag(index, u.reshape(-1, c), starts, mode='sum',
+                            per_sample_weights=pair_weights.reshape(-1))
+        return v.view(lc, self.scope_cells, c)
+
+
 class _LocalDK(Function):
     """y(p) = W . (B(p)^T U(p)) over chunks of output rows, columns recomputed in backward.
 
-    x: (N, C, H, W). weight: (O, C/G, Sh, Sw). sampling: B (N, L, KK, SS), contiguous.
-    data_offset: None (rigid columns) or (N, 2*D*KK, Ho, Wo) (deformable columns, DCN + DK).
-    Internally columns are (Lc, KK, C) (channels contiguous) and the scope-space columns
-    V = B^T U are (Lc, C, SS), so V's rows match the natural (O, C/G * SS) layout of the weight.
+    x: (N, C, H, W). weight: (O, C/G, Sh, Sw). pair_weights: the non-zeros of B in bag order
+    (N, L, KK*4), see :class:`_ScopeBags`. data_offset: None (rigid columns) or
+    (N, 2*D*KK, Ho, Wo) (deformable columns, DCN + DK). Columns U are (Lc, KK, C) (channels
+    contiguous) and the scope-space columns V are (Lc, SS, C), matching the weight permuted to
+    (O, SS, C/G).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, sampling, data_offset, geom, chunk_size):
-        ctx.save_for_backward(x, weight, sampling, data_offset)
-        ctx.geom, ctx.chunk_size = geom, chunk_size
-        n, o, g = geom.n, geom.out_c, geom.groups
-        w2 = weight.reshape(g, o // g, -1)  # (G, O/G, C/G * SS)
+    def forward(ctx, x, weight, pair_weights, data_offset, bags, geom, chunk_size):
+        ctx.save_for_backward(x, weight, pair_weights, data_offset)
+        ctx.bags, ctx.geom, ctx.chunk_size = bags, geom, chunk_size
+        n, o = geom.n, geom.out_c
+        w2 = _scope_major(weight, geom.groups)
         out = x.new_empty(n, geom.out_h * geom.out_w, o)
         for b, l0, l1, u in _Columns(x, data_offset, geom, chunk_size):
-            v = torch.bmm(u.transpose(1, 2), sampling[b, l0:l1])  # (Lc, C, SS)
+            v = bags.scatter(u, pair_weights[b, l0:l1], b, l0, l1)
             _group_matmul(v, w2, out=out[b, l0:l1])
         return out.view(n, geom.out_h, geom.out_w, o).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight, sampling, data_offset = ctx.saved_tensors
-        geom = ctx.geom
+        x, weight, pair_weights, data_offset = ctx.saved_tensors
+        geom, bags = ctx.geom, ctx.bags
         need_x, need_w, need_b, need_off = ctx.needs_input_grad[:4]
-        n, o, g, ss = geom.n, geom.out_c, geom.groups, sampling.shape[-1]
+        need_u = need_x or need_off
+        n, o, g = geom.n, geom.out_c, geom.groups
         go = grad_out.permute(0, 2, 3, 1).reshape(n, -1, o)  # (N, L, O)
-        w2 = weight.reshape(g, o // g, -1)
-        grad_w = torch.zeros_like(w2) if need_w else None
-        grad_b = torch.empty_like(sampling) if need_b else None
-        cols = _Columns(x, data_offset, geom, ctx.chunk_size, want_grad=(need_x, need_off),
-                        want_columns=need_w or need_b)
+        w2 = _scope_major(weight, g)
+        grad_w2 = torch.zeros_like(w2) if need_w else None
+        grad_b = torch.empty_like(pair_weights) if need_b else None
+        cols = _Columns(x, data_offset, geom, ctx.chunk_size, want_grad=(need_x, need_off))
         for b, l0, l1, u in cols:
-            bc, goc = sampling[b, l0:l1], go[b, l0:l1]
-            lc = l1 - l0
+            goc, lc = go[b, l0:l1], l1 - l0
+            u_leaf = u.detach().requires_grad_(need_u)
+            b_leaf = pair_weights[b, l0:l1].detach().requires_grad_(need_b)
+            with torch.set_grad_enabled(need_u or need_b):
+                v = bags.scatter(u_leaf, b_leaf, b, l0, l1)  # (Lc, SS, C)
             if need_w:
-                v = torch.bmm(u.transpose(1, 2), bc).view(lc, g, -1)  # (Lc, G, C/G*SS)
-                grad_w.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), v.transpose(0, 1))
-            if need_x or need_b or need_off:
                 if g == 1:
-                    gv = torch.mm(goc, w2[0]).view(lc, -1, ss)  # (Lc, C, SS)
+                    grad_w2[0].addmm_(goc.t(), v.detach().view(lc, -1))
                 else:
-                    gv = torch.bmm(goc.view(lc, g, -1).transpose(0, 1), w2)  # (G, Lc, C/G*SS)
-                    gv = gv.transpose(0, 1).reshape(lc, -1, ss)
+                    grad_w2.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), _split_channel_groups(v.detach(), g))
+            if need_u or need_b:
+                if g == 1:
+                    gv = torch.mm(goc, w2[0]).view_as(v)
+                else:
+                    gv = torch.bmm(goc.view(lc, g, -1).transpose(0, 1), w2)  # (G, Lc, SS*C/G)
+                    gv = gv.view(g, lc, v.shape[1], -1).permute(1, 2, 0, 3).reshape(v.shape)
+                leaves = [t for t, need in ((u_leaf, need_u), (b_leaf, need_b)) if need]
+                grads = list(torch.autograd.grad(v, leaves, gv))
+                if need_u:
+                    cols.add_grad(b, l0, l1, grads.pop(0).view_as(u))
                 if need_b:
-                    torch.bmm(u, gv, out=grad_b[b, l0:l1])
-                if need_x or need_off:
-                    cols.add_grad(b, l0, l1, torch.bmm(bc, gv.transpose(1, 2)))  # (Lc, KK, C)
+                    grad_b[b, l0:l1] = grads.pop(0)
         grad_x, grad_off = cols.grads()
-        return (grad_x, grad_w.view_as(weight) if need_w else None, grad_b, grad_off, None, None)
+        grad_w = None
+        if need_w:
+            sh, sw = geom.scope
+            grad_w = grad_w2.view(o, sh, sw, -1).permute(0, 3, 1, 2)
+        return grad_x, grad_w, grad_b, grad_off, None, None, None
+
+
+def _scope_major(weight: Tensor, groups: int) -> Tensor:
+    """(O, C/G, Sh, Sw) -> (G, O/G, SS*C/G), matching V (Lc, SS, C) split into channel groups."""
+    o = weight.shape[0]
+    return weight.permute(0, 2, 3, 1).reshape(groups, o // groups, -1)
+
+
+def _split_channel_groups(v: Tensor, groups: int) -> Tensor:
+    """V (Lc, SS, C) -> (G, Lc, SS*C/G)."""
+    lc, ss, c = v.shape
+    return v.view(lc, ss, groups, c // groups).permute(2, 0, 1, 3).reshape(groups, lc, -1)
 
 
 def _group_matmul(v: Tensor, w2: Tensor, out: Tensor) -> None:
-    """out (Lc, O) = grouped product of v (Lc, C, SS) with w2 (G, O/G, C/G*SS)."""
+    """out (Lc, O) = grouped product of V (Lc, SS, C) with w2 (G, O/G, SS*C/G)."""
     g = w2.shape[0]
     lc = v.shape[0]
     if g == 1:
         torch.mm(v.view(lc, -1), w2[0].t(), out=out)
     else:
-        y = torch.bmm(v.view(lc, g, -1).transpose(0, 1), w2.transpose(1, 2))  # (G, Lc, O/G)
+        y = torch.bmm(_split_channel_groups(v, g), w2.transpose(1, 2))  # (G, Lc, O/G)
         out.view(lc, g, -1).copy_(y.transpose(0, 1))
 
 
@@ -371,8 +455,8 @@ class _Columns:
     """
 
     def __init__(self, x: Tensor, data_offset: Optional[Tensor], geom: _Geometry,
-                 chunk_size: int, want_grad=(False, False), want_columns: bool = True):
-        self.geom, self.want_columns = geom, want_columns
+                 chunk_size: int, want_grad=(False, False)):
+        self.geom = geom
         self.rows = max(1, min(geom.out_h, chunk_size // geom.out_w))
         self.need_x, self.need_off = want_grad
         self.x, self.data_offset = x, data_offset
@@ -387,7 +471,7 @@ class _Columns:
             return
         (ph, pw) = geom.padding
         n, c, h, w = x.shape
-        self.buffer = x.new_empty(self.rows * geom.out_w, geom.taps, c) if want_columns else None
+        self.buffer = x.new_empty(self.rows * geom.out_w, geom.taps, c)
         self.padded = x.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
         self.padded[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1))
         self.grad_padded = torch.zeros_like(self.padded) if self.need_x else None
@@ -401,7 +485,7 @@ class _Columns:
                 if self.data_offset is not None:
                     u = self._deformable(b, r0, r1)
                 else:
-                    u = self._rigid(b, r0, r1) if self.want_columns else None
+                    u = self._rigid(b, r0, r1)
                 yield b, l0, l1, u
 
     def _rigid(self, b: int, r0: int, r1: int) -> Tensor:
