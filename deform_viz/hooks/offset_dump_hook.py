@@ -117,7 +117,7 @@ def _file_size_bound(meta: dict, arrays: Dict[str, np.ndarray]) -> int:
     return sum(nbytes + 256 + 2 * (len(key) + 4) + 2 * 50 + 40 for key, nbytes in entries) + 100
 
 
-class _Recorder:
+class OffsetRecorder:
     """Forward hooks on one layer: keeps its predictor outputs and feature sizes for one batch."""
 
     def __init__(self, name: str, module: nn.Module, desc: dict, components: Sequence[str]):
@@ -227,6 +227,72 @@ class _Recorder:
         return info, arrays
 
 
+def select_offset_layers(model: nn.Module, layer_patterns: Optional[Sequence[str]],
+                         components: Sequence[str], owner: str = 'OffsetDumpHook') -> List[OffsetRecorder]:
+    """Recorders for the deformable layers of ``model`` that ``layer_patterns`` select.
+
+    ``None`` selects every deformable layer of the backbone; a pattern is an fnmatch glob or
+    ``'re:<regex>'`` on module names. Layers with none of ``components`` are left out. Errors
+    name ``owner`` (the hook that asked).
+    """
+    if is_model_wrapper(model):
+        model = model.module
+    deformable = [(name, module, desc) for name, module in model.named_modules()
+                  for desc in [describe_deformable(module)] if desc is not None]
+    if layer_patterns is None:
+        chosen = [d for d in deformable if d[0].startswith('backbone.')]
+        if not chosen:
+            found = [d[0] for d in deformable] or 'none'
+            raise ValueError(
+                f'{owner}: the model ({type(model).__name__}) has no deformable layer in '
+                f'its backbone (deformable layers elsewhere: {found}); use a config with '
+                "backbone.dcn=... or select layers with layers=['<pattern>']")
+    else:
+        chosen = []
+        for pattern in layer_patterns:
+            if pattern.startswith('re:'):
+                regex = re.compile(pattern[3:])
+                hits = [d for d in deformable if regex.fullmatch(d[0])]
+            else:
+                hits = [d for d in deformable if fnmatch.fnmatchcase(d[0], pattern)]
+            if not hits:
+                names = [d[0] for d in deformable]
+                shown = names[:8] + (['...'] if len(names) > 8 else [])
+                raise ValueError(f'{owner}: layers pattern {pattern!r} matches no '
+                                 f'deformable layer; deformable layers: {shown or "none"}')
+            chosen += [d for d in hits if d not in chosen]
+    recorders = [OffsetRecorder(name, module, desc, components) for name, module, desc in chosen]
+    if not any(r.components for r in recorders):
+        raise ValueError(f'{owner}: none of the selected layers has any of the components '
+                         f'{list(components)} (e.g. mask needs DCNv2, kernel_offset '
+                         'Deformable Kernels)')
+    return [r for r in recorders if r.components]
+
+
+def image_meta(sample, dtype: str, owner: str = 'OffsetDumpHook') -> dict:
+    """The dump metadata of one data sample (ids, shapes, scale, flip) plus the array ``dtype``."""
+    info = sample.metainfo if hasattr(sample, 'metainfo') else dict(sample)
+    img_id = info.get('img_id')
+    if img_id is None:
+        if not info.get('img_path'):
+            raise KeyError(f'{owner}: the data samples carry neither img_id nor '
+                           'img_path; add them to the test pipeline\'s PackDetInputs meta_keys')
+        img_id = Path(info['img_path']).stem
+    missing = [k for k in ('img_shape', 'ori_shape') if k not in info]
+    if missing:
+        raise KeyError(f'{owner}: the data samples lack {missing}; keep them in the '
+                       "test pipeline's PackDetInputs meta_keys")
+    batch_input_shape = info.get('batch_input_shape') or info.get('pad_shape') or \
+        info['img_shape']
+    scale_factor = info.get('scale_factor', (1.0, 1.0))
+    return _jsonable(dict(
+        img_id=img_id, img_path=info.get('img_path'), ori_shape=info['ori_shape'][:2],
+        img_shape=info['img_shape'][:2], pad_shape=info.get('pad_shape', batch_input_shape)[:2],
+        batch_input_shape=batch_input_shape[:2], scale_factor=scale_factor,
+        flip=bool(info.get('flip', False)), flip_direction=info.get('flip_direction'),
+        dtype=dtype))
+
+
 @HOOKS.register_module()
 class OffsetDumpHook(Hook):
     """Write the offset fields of deformable layers to ``out_dir`` during val/test.
@@ -298,7 +364,7 @@ class OffsetDumpHook(Hook):
         if not isinstance(resume, bool):
             raise ValueError(f'OffsetDumpHook: resume must be True or False, got {resume!r}')
         self.resume = resume
-        self._recorders: List[_Recorder] = []
+        self._recorders: List[OffsetRecorder] = []
         self.rank, self.world_size = 0, 1
         self._in_training = False
         self._active = False
@@ -335,40 +401,6 @@ class OffsetDumpHook(Hook):
         self._finish(runner)
 
     # ----------------------------------------------------------------- set-up
-    def _select_layers(self, model: nn.Module) -> List[_Recorder]:
-        if is_model_wrapper(model):
-            model = model.module
-        deformable = [(name, module, desc) for name, module in model.named_modules()
-                      for desc in [describe_deformable(module)] if desc is not None]
-        if self.layer_patterns is None:
-            chosen = [d for d in deformable if d[0].startswith('backbone.')]
-            if not chosen:
-                found = [d[0] for d in deformable] or 'none'
-                raise ValueError(
-                    f'OffsetDumpHook: the model ({type(model).__name__}) has no deformable layer in '
-                    f'its backbone (deformable layers elsewhere: {found}); use a config with '
-                    "backbone.dcn=... or select layers with layers=['<pattern>']")
-        else:
-            chosen = []
-            for pattern in self.layer_patterns:
-                if pattern.startswith('re:'):
-                    regex = re.compile(pattern[3:])
-                    hits = [d for d in deformable if regex.fullmatch(d[0])]
-                else:
-                    hits = [d for d in deformable if fnmatch.fnmatchcase(d[0], pattern)]
-                if not hits:
-                    names = [d[0] for d in deformable]
-                    shown = names[:8] + (['...'] if len(names) > 8 else [])
-                    raise ValueError(f'OffsetDumpHook: layers pattern {pattern!r} matches no '
-                                     f'deformable layer; deformable layers: {shown or "none"}')
-                chosen += [d for d in hits if d not in chosen]
-        recorders = [_Recorder(name, module, desc, self.components) for name, module, desc in chosen]
-        if not any(r.components for r in recorders):
-            raise ValueError(f'OffsetDumpHook: none of the selected layers has any of the components '
-                             f'{list(self.components)} (e.g. mask needs DCNv2, kernel_offset '
-                             'Deformable Kernels)')
-        return [r for r in recorders if r.components]
-
     def _run_dir(self, runner) -> Path:
         if not self._in_training:
             return self.out_dir
@@ -380,7 +412,7 @@ class OffsetDumpHook(Hook):
     def _start(self, runner, loop) -> None:
         self._stop_recording()
         self.rank, self.world_size = get_dist_info()
-        self._recorders = self._select_layers(runner.model)
+        self._recorders = select_offset_layers(runner.model, self.layer_patterns, self.components)
         self.dir = self._run_dir(runner)
         problem = self._prepare_dir()
         # Every rank checks before any rank writes; the reduction doubles as a barrier.
@@ -479,7 +511,7 @@ class OffsetDumpHook(Hook):
                 continue
             if position % self.interval or self.budget_hit:
                 continue
-            meta = self._image_meta(sample)
+            meta = image_meta(sample, self.dtype)
             path = offset_dump_path(self.dir, meta['img_id'])
             if path.exists():
                 self.existing += 1
@@ -511,28 +543,6 @@ class OffsetDumpHook(Hook):
         if self.budget_hit or (self.max_images is not None and self.interleaved
                                and self._position() >= self.max_images):
             self._stop_recording()  # nothing further will be written: stop paying for the hooks
-
-    def _image_meta(self, sample) -> dict:
-        info = sample.metainfo if hasattr(sample, 'metainfo') else dict(sample)
-        img_id = info.get('img_id')
-        if img_id is None:
-            if not info.get('img_path'):
-                raise KeyError('OffsetDumpHook: the data samples carry neither img_id nor '
-                               'img_path; add them to the test pipeline\'s PackDetInputs meta_keys')
-            img_id = Path(info['img_path']).stem
-        missing = [k for k in ('img_shape', 'ori_shape') if k not in info]
-        if missing:
-            raise KeyError(f'OffsetDumpHook: the data samples lack {missing}; keep them in the '
-                           "test pipeline's PackDetInputs meta_keys")
-        batch_input_shape = info.get('batch_input_shape') or info.get('pad_shape') or \
-            info['img_shape']
-        scale_factor = info.get('scale_factor', (1.0, 1.0))
-        return _jsonable(dict(
-            img_id=img_id, img_path=info.get('img_path'), ori_shape=info['ori_shape'][:2],
-            img_shape=info['img_shape'][:2], pad_shape=info.get('pad_shape', batch_input_shape)[:2],
-            batch_input_shape=batch_input_shape[:2], scale_factor=scale_factor,
-            flip=bool(info.get('flip', False)), flip_direction=info.get('flip_direction'),
-            dtype=self.dtype))
 
     # ----------------------------------------------------------------- tear-down
     def _stop_recording(self) -> None:

@@ -12,7 +12,6 @@ figures show exactly what a dump of the same evaluation would hold. Forward hook
 from the start of a validation run until ``num_images`` images are drawn, and only on rank 0;
 a runner without this hook, or a validation run the ``interval`` skips, pays nothing.
 """
-from types import SimpleNamespace
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -21,7 +20,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .offset_dump_hook import OffsetDumpHook
+from .offset_dump_hook import image_meta, select_offset_layers
 
 # what the figures need from each layer (recorders store only those that apply)
 FIGURE_COMPONENTS = ('offset', 'offset_used', 'mask')
@@ -89,12 +88,8 @@ class OffsetFigureHook(Hook):
         self._val_runs += 1
         if (self._val_runs - 1) % self.interval or get_dist_info()[0] != 0:
             return
-        # OffsetDumpHook's selection reads only these two attributes of the hook
-        selector = SimpleNamespace(layer_patterns=self.layers, components=FIGURE_COMPONENTS)
-        try:
-            self._recorders = OffsetDumpHook._select_layers(selector, runner.model)
-        except ValueError as e:
-            raise ValueError(str(e).replace('OffsetDumpHook', 'OffsetFigureHook')) from None
+        self._recorders = select_offset_layers(runner.model, self.layers, FIGURE_COMPONENTS,
+                                               owner='OffsetFigureHook')
         for recorder in self._recorders:
             recorder.attach()
         self._drawn = 0
@@ -139,7 +134,7 @@ class OffsetFigureHook(Hook):
     def _draw(self, runner, index: int, sample) -> None:
         from ..analysis import LayerOffsets
         from ..visualization import figure_to_array, render_layer
-        meta = OffsetDumpHook._image_meta(SimpleNamespace(dtype='float32'), sample)
+        meta = image_meta(sample, 'float32', owner='OffsetFigureHook')
         image = self._image(meta)
         step = self._step(runner)
         for recorder in self._recorders:
