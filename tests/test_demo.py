@@ -22,6 +22,7 @@ def test_quick_demo_produces_every_artifact(tmp_path):
     # two epochs on 16 images may detect nothing: CocoMetric then reports no AP at all
     assert numbers['bbox_mAP'] is None or 0.0 <= numbers['bbox_mAP'] <= 1.0
     assert numbers['divergence_in_boxes'] is not None and numbers['divergence_background'] is not None
+    assert numbers['effective_dilation_background'] > 0  # zero offsets would give exactly 1
     assert json.load(open(tmp_path / 'demo' / 'summary.json'))['numbers'] == numbers
 
 

@@ -50,7 +50,9 @@ def headline(report: dict) -> dict:
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
     layers = list(report['layers'].values())
-    return {
+    dilation = {f'effective_dilation_{part}': mean(r['effective_dilation'].get(part, {}).get('mean') for r in layers)
+                for part in ('small', 'medium', 'large', 'background')}
+    return {**dilation,
         'spearman_size_vs_largest_dk_radius': mean(r['extent_vs_size']['spearman_largest']['rho'] for r in layers),
         'divergence_in_boxes': mean(r['divergence']['in_boxes'].get('mean') for r in layers),
         'divergence_background': mean(r['divergence']['background'].get('mean') for r in layers),
@@ -118,6 +120,8 @@ def main(argv=None) -> dict:
     print(f"mean divergence of d_f inside boxes / background:     {fmt(numbers['divergence_in_boxes'])} / "
           f"{fmt(numbers['divergence_background'])}")
     print(f"in-box d_f arrows pointing towards the box centre:    {fmt(numbers['df_towards_box_centre'])}")
+    print('effective dilation in small / medium / large boxes / background: ' + ' / '.join(
+        fmt(numbers[f'effective_dilation_{part}']) for part in ('small', 'medium', 'large', 'background')))
     print(f"(means over the {len(report['layers'])} dumped layers; per-layer tables above; "
           f"{summary['minutes']} min)")
     return summary

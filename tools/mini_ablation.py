@@ -1,6 +1,6 @@
 """Table 1 of the "revisiting" paper at CPU scale, on the embedded synthetic dataset.
 
-    python tools/mini_ablation.py [--seeds 0 1 2] [--epochs 8] [--num-train 160] [--num-val 50]
+    python tools/mini_ablation.py [--seeds 0 1 2] [--epochs 14] [--num-train 160] [--num-val 50]
                                   [--work-dir work_dirs/mini_ablation] [--format markdown|json]
 
 Trains the small CPU detector once per (row, seed) - baseline, d_f-only, d_k-only, full DCN
@@ -15,6 +15,8 @@ import json
 import os.path as osp
 import statistics
 import time
+
+from mmengine.config import Config
 
 from deform_viz.datasets import make_synthetic_coco
 from deform_viz.engine import cfg_options_argv, load_tool, synthetic_data_options
@@ -37,7 +39,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/mini_ablation')
     parser.add_argument('--data-root', default='data/synthetic')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=8, help='training epochs per run (default 8)')
+    parser.add_argument('--epochs', type=int, default=None,
+                        help="training epochs per run (default: the configs' schedule, 14)")
     parser.add_argument('--num-train', type=int, default=160)
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--image-size', type=int, default=256)
@@ -116,7 +119,11 @@ def main(argv=None) -> dict:
     size = (args.image_size, args.image_size)
     data = make_synthetic_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
                                image_size=size, seed=0)
-    options = {**synthetic_data_options(data['out_dir'], size), **schedule_options(args.epochs)}
+    options = synthetic_data_options(data['out_dir'], size)
+    if args.epochs is None:  # the configs' own schedule (they share one base)
+        args.epochs = Config.fromfile(osp.join(CONFIG_DIR, ROWS[0][-1])).train_cfg.max_epochs
+    else:
+        options.update(schedule_options(args.epochs))
     rows = [r for r in ROWS if r[0] in args.rows]
     results, marks = {}, {}
     for name, base, df, dk, config_name in rows:

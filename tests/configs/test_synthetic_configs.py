@@ -25,3 +25,20 @@ def test_synthetic_config_matches_dataset_and_builds(path):
     for stage, with_dcn in enumerate(cfg.model.backbone.get('stage_with_dcn', (False,) * 4)):
         conv2 = getattr(model.backbone, f'layer{stage + 1}')[0].conv2
         assert type(conv2).__name__ == (dcn['type'] if with_dcn and dcn else 'Conv2d'), (stage, conv2)
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if 'dconv' in p or 'dkernel' in p], ids=osp.basename)
+def test_offset_predictors_get_the_configured_lr_mult(path):
+    """mmengine's optimizer constructor gives every conv_offset (DCN and DK alike) lr x lr_mult."""
+    from mmdet.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    mult = cfg.optim_wrapper.paramwise_cfg.custom_keys['conv_offset']['lr_mult']
+    offset_params = {id(p) for name, p in model.named_parameters() if '.conv_offset.' in name}
+    assert len(offset_params) == 2 * 13  # weight and bias of each c3-c5 bottleneck's conv2
+    for group in wrapper.optimizer.param_groups:
+        is_offset = any(id(p) in offset_params for p in group['params'])
+        assert group['lr'] == pytest.approx(base_lr * (mult if is_offset else 1)), group
