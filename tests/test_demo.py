@@ -40,3 +40,12 @@ def test_mini_ablation_one_seed_one_iteration(tmp_path, capsys):
     assert '| d_k only |  |  | ✓ |' in table
     # a second call reuses the finished runs instead of training again
     assert load_tool('mini_ablation').main(argv)['bbox_mAP'] == rows
+
+
+def test_mini_ablation_refuses_a_run_made_with_other_settings(tmp_path):
+    check = load_tool('mini_ablation').check_settings
+    run_dir = str(tmp_path / 'run')
+    check(run_dir, {'train_cfg.max_epochs': 6, 'param_scheduler.1.milestones': (4, 5)})
+    check(run_dir, {'train_cfg.max_epochs': 6, 'param_scheduler.1.milestones': (4, 5)})  # same: reused
+    with pytest.raises(ValueError, match=r'other settings \(train_cfg.max_epochs\)'):
+        check(run_dir, {'train_cfg.max_epochs': 8, 'param_scheduler.1.milestones': (4, 5)})

@@ -12,6 +12,7 @@ A benchmark, not a test: its numbers say whatever they say.
 """
 import argparse
 import json
+import os
 import os.path as osp
 import statistics
 import time
@@ -63,8 +64,26 @@ def bbox_ap(metrics: dict) -> float:
     return float(metrics.get('coco/bbox_mAP', 0.0))
 
 
+def check_settings(run_dir: str, options: dict) -> None:
+    """Record the run's settings in ``run_dir``; refuse to resume or reuse a run made with others."""
+    settings_file = osp.join(run_dir, 'settings.json')
+    settings = json.loads(json.dumps(options))  # as stored: tuples become lists
+    if osp.isfile(settings_file):
+        with open(settings_file) as f:
+            stored = json.load(f)
+        if stored != settings:
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise ValueError(f'{run_dir} holds a run made with other settings ({", ".join(changed)}); '
+                             'pass another --work-dir or delete that directory')
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    with open(settings_file, 'w') as f:
+        json.dump(settings, f, indent=2)
+
+
 def train_and_test(config: str, run_dir: str, options: dict) -> float:
     """Train (or reuse a finished run) and return its test bbox AP, cached in ``run_dir``."""
+    check_settings(run_dir, options)
     result_file = osp.join(run_dir, 'result.json')
     if osp.isfile(result_file):
         with open(result_file) as f:

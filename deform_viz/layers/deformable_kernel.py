@@ -93,7 +93,10 @@ class DeformableKernel(nn.Module):
         self.chunk_size, self.backend = chunk_size, backend
         self.variant = ('dcn_' if deform_data else '') + f'dk_{mode}'
 
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.scope))
+        weight = torch.empty(out_channels, in_channels // groups, *self.scope)
+        if mode == 'local':  # (O, S, S, C/G) in memory: the layout of the local op's GEMM, no copies
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         taps = self.kernel_size[0] * self.kernel_size[1]
         conv = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,

@@ -420,7 +420,10 @@ class _LocalDK(Function):
 
 
 def _scope_major(weight: Tensor, groups: int) -> Tensor:
-    """(O, C/G, Sh, Sw) -> (G, O/G, SS*C/G), matching V (Lc, SS, C) split into channel groups."""
+    """(O, C/G, Sh, Sw) -> (G, O/G, SS*C/G), matching V (Lc, SS, C) split into channel groups.
+
+    A view for a channels-last weight (as ``DeformableKernel`` keeps it), a copy otherwise.
+    """
     o = weight.shape[0]
     return weight.permute(0, 2, 3, 1).reshape(groups, o // groups, -1)
 

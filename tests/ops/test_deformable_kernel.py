@@ -217,6 +217,23 @@ def test_chunked_equals_unchunked(stride, padding):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('case', [CASES[1], CASES[2], CASES[3]], ids=['full', 'grouped', 'depthwise'])
+def test_channels_last_weight_gives_same_values_and_a_gradient_in_its_layout(case):
+    """DeformableKernel keeps local scope weights channels-last so the op copies no weights; either
+    layout gives the same numbers, and the op's weight gradient comes out channels-last (so
+    autograd need not copy it into the parameter's layout either)."""
+    x, weight, offset, conv = make_case(case, True, n=2)
+    results = []
+    for w in (weight, weight.contiguous(memory_format=torch.channels_last)):
+        inputs = [t.clone(memory_format=torch.preserve_format).requires_grad_() for t in (x, w, offset)]
+        out = deformable_kernel_local(*inputs, **conv, chunk_size=5)
+        results.append([out] + _grads(out, inputs))
+    grad_w = results[1][2]
+    assert grad_w.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('wanted', [(0, ), (1, ), (2, ), (0, 2)], ids=['x', 'weight', 'offset', 'x+offset'])
 def test_partial_gradients_match_full(wanted):
     """Backward skips work for inputs that need no gradient; what it returns must not change."""
