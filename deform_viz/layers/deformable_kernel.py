@@ -13,10 +13,12 @@ import math
 from typing import Optional, Tuple
 
 import torch
+from mmengine.logging import print_log
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..ops.deformable_kernel import _pair, deformable_kernel_global, deformable_kernel_local
+from ..ops.deformable_kernel import (_pair, deformable_kernel_global, deformable_kernel_local,
+                                     kernel_sampling_weights)
 
 MODES = ('local', 'global')
 BACKENDS = ('auto', 'torch')
@@ -48,6 +50,10 @@ class DeformableKernel(nn.Module):
             about 16 MB of columns per chunk.
         backend: ``'auto'`` or ``'torch'``; the op is pure PyTorch on every device (mmcv has no
             deformable-kernel op).
+
+    Loading a state dict whose ``weight`` is a K x K kernel of the same channels (an ImageNet
+    ResNet checkpoint, say) maps it into the scope with :func:`scope_from_kernel`, so the layer
+    starts as exactly that conv.
 
     Attributes read by the offset dump hook: ``kernel_size``, ``stride``, ``padding``,
     ``dilation`` (pairs), ``groups``, ``deform_groups``, ``mode``, ``scope`` (pair),
@@ -122,6 +128,16 @@ class DeformableKernel(nn.Module):
                 nn.init.zeros_(predictor.weight)
                 nn.init.zeros_(predictor.bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'weight'
+        weight = state_dict.get(key)
+        if (weight is not None and self.scope != self.kernel_size and weight.dim() == 4
+                and weight.shape[:2] == self.weight.shape[:2] and tuple(weight.shape[2:]) == self.kernel_size):
+            state_dict[key] = scope_from_kernel(weight, self.scope)
+            print_log(f'{prefix}weight: mapped the {weight.shape[2]}x{weight.shape[3]} kernel into the '
+                      f'{self.scope[0]}x{self.scope[1]} scope', logger='current')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def predict_offsets(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Kernel offsets ((N, 2*K*K, Ho, Wo) local, (N, 2*K*K) global; scope cells) and data
         offsets ((N, 2*deform_groups*K*K, Ho, Wo) input pixels, or None)."""
@@ -157,3 +173,18 @@ class DeformableKernel(nn.Module):
         if self.bias is None:
             s += ', bias=False'
         return s
+
+
+def scope_from_kernel(kernel: Tensor, scope) -> Tensor:
+    """Scope weights whose rigid taps (zero kernel offsets) sample ``kernel`` back exactly.
+
+    kernel (O, C/G, Kh, Kw) -> (O, C/G, Sh, Sw): the minimum-norm solution of B f = k, with B the
+    (Kh*Kw, Sh*Sw) bilinear sampling of the scope at the base grid. For K = 3, S = 4 that repeats
+    the middle row and column of the kernel.
+    """
+    kh, kw = kernel.shape[2:]
+    sh, sw = _pair(scope, 'scope')
+    rigid = kernel_sampling_weights(kernel.new_zeros(kh * kw, 2, dtype=torch.float64), (kh, kw), (sh, sw))
+    lift = torch.linalg.pinv(rigid).t()  # (Kh*Kw, Sh*Sw)
+    out = kernel.reshape(-1, kh * kw).double() @ lift
+    return out.to(kernel.dtype).view(*kernel.shape[:2], sh, sw)

@@ -158,3 +158,32 @@ def test_errors(kwargs, message):
 def test_wrong_input_channels():
     with pytest.raises(ValueError, match=r'expects \(N, 8, H, W\) input'):
         build()(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize('mode', ['local', 'global'])
+@pytest.mark.parametrize('scope,groups', [(4, 1), (5, 2), (6, 8)], ids=['s4', 's5-grouped', 's6-depthwise'])
+def test_loading_a_kxk_conv_maps_it_into_the_scope(mode, scope, groups):
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False)
+    layer = build(cfg=dict(mode=mode, scope=scope), groups=groups)
+    result = layer.load_state_dict(conv.state_dict(), strict=False)
+    assert result.missing_keys == ['conv_offset.weight', 'conv_offset.bias'] and not result.unexpected_keys
+    assert layer.weight.shape[2:] == (scope, scope)
+    x = torch.randn(2, 8, 7, 9)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)  # offsets are zero
+
+
+def test_resnet_with_dk_starts_from_a_plain_resnet_checkpoint(tmp_path):
+    """The path of the COCO DK configs: backbone init_cfg=Pretrained on an ordinary ResNet."""
+    from mmdet.models.backbones import ResNet
+    plain = ResNet(depth=50, base_channels=8, out_indices=(1, 2, 3), init_cfg=None)
+    plain.init_weights()
+    torch.save(plain.state_dict(), tmp_path / 'plain.pth')
+    dk = ResNet(depth=50, base_channels=8, out_indices=(1, 2, 3),
+                dcn=dict(type='DK', mode='local', scope=4), stage_with_dcn=(False, True, True, True),
+                init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'plain.pth')))
+    dk.init_weights()
+    plain.eval(), dk.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(dk(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
