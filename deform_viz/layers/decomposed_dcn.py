@@ -15,9 +15,9 @@ Because the state dict is mmcv's, a checkpoint trained with ``DCN``/``DCNv2`` lo
 import math
 
 import torch
+from mmcv.ops import ModulatedDeformConv2d
 from mmengine.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from ..ops.deform_conv import deform_conv2d_torch
 from ..ops.offset_fields import COMPONENTS, project_offsets
@@ -26,8 +26,12 @@ BACKENDS = ('auto', 'torch', 'mmcv')
 
 
 @MODELS.register_module()
-class DecomposedDCN(nn.Module):
+class DecomposedDCN(ModulatedDeformConv2d):
     """DCN (v1, or v2 with ``modulated=True``) that samples with the full, d_f or d_k offsets.
+
+    A subclass of mmcv's ``ModulatedDeformConv2d`` (the weight and optional bias of both DCN
+    forms), so code that recognises mmcv's DCNs treats it as one, e.g. mmengine's optimizer
+    constructor with ``paramwise_cfg=dict(dcn_offset_lr_mult=...)``.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,
@@ -49,7 +53,6 @@ class DecomposedDCN(nn.Module):
                  dilation=1, groups: int = 1, deform_groups: int = 1, bias: bool = False, *,
                  component: str = None, modulated: bool = False, backend: str = 'auto',
                  im2col_step: int = 32):
-        super().__init__()
         name = type(self).__name__
         if self.fixed_component is not None:
             if component not in (None, self.fixed_component):
@@ -67,16 +70,11 @@ class DecomposedDCN(nn.Module):
         if in_channels % deform_groups:
             raise ValueError(f'{name}: in_channels={in_channels} is not divisible by '
                              f'deform_groups={deform_groups}')
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
-        self.groups, self.deform_groups = groups, deform_groups
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deform_groups, bias)  # weight, bias and the geometry attributes, as mmcv
         self.component, self.modulated, self.backend = component, modulated, backend
         self.im2col_step = im2col_step
-        self.transposed, self.output_padding = False, (0,)  # like nn.Conv2d / mmcv, for tools that look
 
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = nn.Conv2d(in_channels, (3 if modulated else 2) * deform_groups * taps,
                                      self.kernel_size, self.stride, self.padding, self.dilation, bias=True)
@@ -106,6 +104,8 @@ class DecomposedDCN(nn.Module):
         mmdet's ResNet Kaiming-initialises every ``nn.Conv2d`` (``conv_offset`` included) and
         then calls its children's ``init_weights``; this is where the offsets get zeroed again.
         """
+        if not hasattr(self, 'conv_offset'):  # called by mmcv's __init__, before conv_offset exists
+            return
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 

@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from mmcv.cnn import build_conv_layer
 from torch import nn
 
 from deform_viz.layers import DecomposedDCN, DFOnlyDCN, DKOnlyDCN
@@ -279,3 +280,23 @@ def test_faster_rcnn_with_variant_trains_and_predicts(variant, detector_parts):
     with torch.no_grad():
         results = model(**model.data_preprocessor(data, False), mode='predict')
     assert len(results) == 2 and all('bboxes' in r.pred_instances for r in results)
+
+
+def test_mmengine_dcn_offset_lr_mult_treats_it_like_mmcv_dcn():
+    """paramwise_cfg.dcn_offset_lr_mult (and the DCN exemptions of bias_lr_mult) apply to our
+    layer exactly as to mmcv's DCN/DCNv2, so swapping the layer type changes no learning rate."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = dict(optimizer=dict(type='SGD', lr=0.1),
+               paramwise_cfg=dict(dcn_offset_lr_mult=0.5, bias_lr_mult=2.0))
+
+    def learning_rates(layer_type, **kwargs):
+        model = nn.Sequential(build_conv_layer(dict(type=layer_type, **kwargs), 4, 4, 3, padding=1))
+        groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+        by_id = {id(p): g['lr'] for g in groups for p in g['params']}
+        return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+    for ours, theirs in ((dict(type='DecomposedDCN'), 'DCN'),
+                         (dict(type='DKOnlyDCN', modulated=True, bias=True), 'DCNv2')):
+        mine = learning_rates(ours.pop('type'), **ours)
+        assert mine['0.conv_offset.weight'] == mine['0.conv_offset.bias'] == pytest.approx(0.05)
+        assert mine == learning_rates(theirs, **({'bias': True} if theirs == 'DCNv2' else {}))
