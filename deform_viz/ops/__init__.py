@@ -12,6 +12,7 @@ from .deform_conv import deform_conv2d_torch, deform_sample  # noqa: E402
 __all__ += ['deform_conv2d_torch', 'deform_sample']
 
 from .deformable_kernel import (deformable_kernel_global, deformable_kernel_local,  # noqa: E402
-                                kernel_base_grid, kernel_sampling_weights, resample_kernel)
+                                kernel_base_grid, kernel_sampling_corners, kernel_sampling_weights,
+                                resample_kernel)
 __all__ += ['deformable_kernel_global', 'deformable_kernel_local', 'kernel_base_grid',
-            'kernel_sampling_weights', 'resample_kernel']
+            'kernel_sampling_corners', 'kernel_sampling_weights', 'resample_kernel']
