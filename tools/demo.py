@@ -50,7 +50,8 @@ def headline(report: dict) -> dict:
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
     layers = list(report['layers'].values())
-    dilation = {f'effective_dilation_{part}': mean(r['effective_dilation'].get(part, {}).get('mean') for r in layers)
+    dilation = {f'effective_dilation_{part}':
+                mean(r['effective_dilation'].get(part, {}).get('mean') for r in layers)
                 for part in ('small', 'medium', 'large', 'background')}
     return {**dilation,
         'spearman_size_vs_largest_dk_radius': mean(r['extent_vs_size']['spearman_largest']['rho'] for r in layers),

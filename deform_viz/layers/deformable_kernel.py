@@ -132,7 +132,8 @@ class DeformableKernel(nn.Module):
         key = prefix + 'weight'
         weight = state_dict.get(key)
         if (weight is not None and self.scope != self.kernel_size and weight.dim() == 4
-                and weight.shape[:2] == self.weight.shape[:2] and tuple(weight.shape[2:]) == self.kernel_size):
+                and weight.shape[:2] == self.weight.shape[:2]
+                and tuple(weight.shape[2:]) == self.kernel_size):
             state_dict[key] = scope_from_kernel(weight, self.scope)
             print_log(f'{prefix}weight: mapped the {weight.shape[2]}x{weight.shape[3]} kernel into the '
                       f'{self.scope[0]}x{self.scope[1]} scope', logger='current')

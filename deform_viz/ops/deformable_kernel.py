@@ -398,7 +398,8 @@ class _LocalDK(Function):
                 if g == 1:
                     grad_w2[0].addmm_(goc.t(), v.detach().view(lc, -1))
                 else:
-                    grad_w2.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0), _split_channel_groups(v.detach(), g))
+                    grad_w2.baddbmm_(goc.view(lc, g, -1).permute(1, 2, 0),
+                                     _split_channel_groups(v.detach(), g))
             if need_u or need_b:
                 if g == 1:
                     gv = torch.mm(goc, w2[0]).view_as(v)
