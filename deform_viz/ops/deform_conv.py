@@ -148,7 +148,7 @@ def deform_sample(x: Tensor, offset: Tensor, kernel_size: Pair, stride: Pair = 1
     n, c, h, w = x.shape
     ho, wo = offset.shape[2:]
     index, weights = _bilinear_taps(offset, mask, (h, w), kernel_size, stride, padding, dilation)
-    rows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, c // groups)
+    rows = _input_rows(x, groups)
     cols = _gather(index, rows, weights)
     return cols.view(n, ho, wo, kernel_size[0] * kernel_size[1], c).permute(0, 4, 3, 1, 2)
 

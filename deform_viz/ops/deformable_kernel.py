@@ -50,6 +50,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from .deform_conv import _bilinear_taps, _gather, _input_rows, deform_sample
+
 IntPair = Union[int, Sequence[int]]
 
 __all__ = [
@@ -308,7 +310,6 @@ def deformable_kernel_global(x: Tensor, weight: Tensor, kernel_offset: Tensor,
                        None if bias is None else bias.repeat(n), groups=n * g, **conv)
         return out.view(n, o, geom.out_h, geom.out_w)
     geom.check_data_offset(data_offset)
-    from .deform_conv import deform_sample
     columns = deform_sample(x, data_offset, geom.kernel, geom.stride, geom.padding,
                             geom.dilation)  # (N, C, KK, Ho, Wo)
     out = torch.matmul(kernel.reshape(n, g, o // g, -1),
@@ -468,8 +469,8 @@ class _Columns:
         if data_offset is not None:
             n, c, h, w = x.shape
             self.deform_groups = data_offset.shape[1] // (2 * geom.taps)
-            # channels-last input with a one-pixel zero border, one row per pixel and deform group
-            self.table = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+            # the fast DCN path's row table, per image: ((H+2)*(W+2)*D, C/D)
+            self.table = _input_rows(x, self.deform_groups).view(n, -1, c // self.deform_groups)
             self.grad_table = torch.zeros_like(self.table) if self.need_x else None
             self._graph = None
             return
@@ -507,11 +508,10 @@ class _Columns:
     def _deformable(self, b: int, r0: int, r1: int) -> Tensor:
         # deform_sample's own steps (bilinear corner taps + one embedding_bag gather) on the
         # chunk's rows; deform_sample itself insists on offsets for the whole output map
-        from .deform_conv import _bilinear_taps, _gather
         geom = self.geom
         offset = self.data_offset[b:b + 1, :, r0:r1].clone()
         offset[:, 0::2] += r0 * geom.stride[0]  # chunk row 0 is output row r0
-        table = self.table[b].view(-1, geom.in_c // self.deform_groups)
+        table = self.table[b]
         track = self.need_x or self.need_off
         with torch.set_grad_enabled(track):
             if track:
@@ -540,7 +540,7 @@ class _Columns:
         inputs = [t for t, need in ((table, self.need_x), (offset, self.need_off)) if need]
         grads = list(torch.autograd.grad(cols, inputs, g4.reshape(cols.shape)))
         if self.need_x:
-            self.grad_table[b] += grads.pop(0).view(self.grad_table[b].shape)
+            self.grad_table[b] += grads.pop(0)
         if self.need_off:
             self.grad_off[b:b + 1, :, r0:r1] = grads.pop(0)
 
@@ -550,7 +550,7 @@ class _Columns:
             return None, self.grad_off
         h, w = self.x.shape[2:]
         if self.data_offset is not None:
-            grad = self.grad_table[:, 1:h + 1, 1:w + 1]
+            grad = self.grad_table.view(-1, h + 2, w + 2, self.x.shape[1])[:, 1:h + 1, 1:w + 1]
         else:
             (ph, pw) = self.geom.padding
             grad = self.grad_padded[:, ph:ph + h, pw:pw + w]
