@@ -60,6 +60,19 @@ def _prepare_cpu_distributed(cfg: Config) -> None:
                                      find_unused_parameters=cfg.get('find_unused_parameters', False))
 
 
+def close_distributed() -> None:
+    """End a ``--launcher pytorch`` run cleanly: wait for every rank, then shut the group down.
+
+    Left to interpreter exit, gloo's worker threads can be torn down while still joinable and a
+    rank aborts ("terminate called without an active exception") after its work is done.
+    A no-op without a process group.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def trust_local_checkpoints() -> None:
     """Load local checkpoints as mmengine did before torch 2.6 (``weights_only=False``).
 

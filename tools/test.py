@@ -11,7 +11,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import build_runner, load_config, trust_local_checkpoints
+from deform_viz.engine import build_runner, close_distributed, load_config, trust_local_checkpoints
 
 
 def parse_args(argv=None):
@@ -59,6 +59,7 @@ def main(argv=None):
             raise ValueError(f'--out must name a .pkl file, got {args.out}')
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
+    close_distributed()
     return metrics
 
 

@@ -10,7 +10,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import build_runner, load_config, trust_local_checkpoints
+from deform_viz.engine import build_runner, close_distributed, load_config, trust_local_checkpoints
 
 
 def parse_args(argv=None):
@@ -55,6 +55,7 @@ def main(argv=None):
     except Exception:  # in the run's log too, so tools/collect_results.py can say why it stopped
         runner.logger.exception('training crashed')
         raise
+    close_distributed()
     return runner
 
 
