@@ -36,20 +36,22 @@ When ``flip`` is true the fields are in the flipped image's frame, as the networ
 Files are published atomically (a temporary file in the same directory, then a rename or a hard
 link), so a reader never sees a partial file and an interrupted writer leaves only complete ones.
 """
+import fnmatch
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'COMPONENTS', 'OffsetDumpError', 'LayerFields', 'OffsetDump',
     'write_offset_dump', 'load_offset_dump', 'iter_offset_dumps', 'offset_dump_paths',
-    'offset_dump_path'
+    'offset_dump_path', 'LayerNotFoundError', 'match_layer_names', 'check_layer_patterns'
 ]
 
 FORMAT_NAME = 'deform-viz-offsets'
@@ -280,3 +282,55 @@ def offset_dump_path(dump_dir: PathLike, img_id) -> Path:
     if not name:
         raise ValueError(f'image id {img_id!r} gives an empty file name')
     return Path(dump_dir) / f'{name}{SUFFIX}'
+
+
+class LayerNotFoundError(ValueError):
+    """A layer pattern matches none of the layers it was applied to."""
+
+
+_GLOB_CHARS = set('*?[')
+
+
+def _layer_matcher(pattern: str):
+    if pattern.startswith('re:'):
+        try:
+            return re.compile(pattern[3:]).fullmatch
+        except re.error as e:
+            raise ValueError(f'bad regular expression in layer pattern {pattern!r}: {e}') from None
+    if _GLOB_CHARS & set(pattern):
+        return lambda name: fnmatch.fnmatchcase(name, pattern)
+    return lambda name: pattern in name
+
+
+def match_layer_names(names: Iterable[str], patterns: Union[None, str, Sequence[str]],
+                      where: str = 'the model', kind: str = 'layer') -> List[str]:
+    """The names (module paths, as in dumps) that any of ``patterns`` selects, in their order.
+
+    The one layer-pattern syntax of the package (hooks' ``layers=``, the tools' ``--layer``):
+
+    * ``'re:<regex>'``: the regular expression matches the whole name;
+    * a shell glob (``*``, ``?``, ``[...]``): matches the whole name, ``backbone.layer4.*``;
+    * a plain word: names that contain it, ``layer3`` selects ``backbone.layer3.0.conv2``.
+
+    ``None`` selects every name. A pattern that selects nothing is a :class:`LayerNotFoundError`
+    naming ``where`` and listing the ``kind`` names there; a malformed regex a ``ValueError``.
+    """
+    names = list(names)
+    if patterns is None:
+        return names
+    patterns = [patterns] if isinstance(patterns, str) else [str(p) for p in patterns]
+    chosen = []
+    for pattern in patterns:
+        hits = [n for n in names if _layer_matcher(pattern)(n)]
+        if not hits:
+            listing = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '') if names else 'none'
+            raise LayerNotFoundError(f'{where}: layer pattern {pattern!r} matches no {kind} '
+                                     f'(patterns {patterns}); {kind}s: {listing}')
+        chosen += [n for n in hits if n not in chosen]
+    return [n for n in names if n in chosen]
+
+
+def check_layer_patterns(patterns: Union[None, str, Sequence[str]]) -> None:
+    """Raise ``ValueError`` now for a malformed pattern (before any work starts)."""
+    for pattern in [patterns] if isinstance(patterns, str) else (patterns or ()):
+        _layer_matcher(str(pattern))
