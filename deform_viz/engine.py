@@ -1,6 +1,6 @@
 """What tools/train.py and tools/test.py share: config loading, checks, runner construction."""
 import os.path as osp
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from mmengine.config import Config
@@ -90,6 +90,102 @@ def trust_local_checkpoints() -> None:
         return torch.load(filename, map_location=map_location, weights_only=False)
 
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+
+
+def train(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,
+          resume: Optional[str] = None) -> Runner:
+    """Train as mmdet's ``tools/train.py`` does; returns the finished runner.
+
+    ``resume``: ``'auto'`` (the latest checkpoint in the work dir, if any) or a checkpoint path.
+    A crash is written to the run's log too, so the result collector can say why it stopped.
+    """
+    if amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise RuntimeError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {cfg.filename}')
+        cfg.auto_scale_lr.enable = True
+    if resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif resume is not None:
+        cfg.resume, cfg.load_from = True, resume
+    trust_local_checkpoints()
+    runner = build_runner(cfg)
+    try:
+        runner.train()
+    except Exception:
+        runner.logger.exception('training crashed')
+        raise
+    close_distributed()
+    return runner
+
+
+def evaluate(cfg: Config, checkpoint: str, *, dump_offsets: Optional[str] = None,
+         dump_options: Optional[dict] = None, out: Optional[str] = None,
+         show_dir: Optional[str] = None) -> dict:
+    """Evaluate ``checkpoint`` as mmdet's ``tools/test.py`` does; returns the metrics.
+
+    ``dump_offsets``: a directory for :class:`~deform_viz.hooks.OffsetDumpHook` (with
+    ``dump_options``); ``out``: a ``.pkl`` of the predictions; ``show_dir``: painted predictions.
+    """
+    if out is not None and not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must name a .pkl file, got {out}')
+    cfg.load_from = checkpoint
+    if dump_offsets:
+        from .hooks import add_offset_dump_hook
+        add_offset_dump_hook(cfg, dump_offsets, **(dump_options or {}))
+    elif dump_options:
+        raise ValueError('dump options need a dump directory (--dump-offsets DIR)')
+    if show_dir:
+        from argparse import Namespace
+
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        cfg = trigger_visualization_hook(cfg, Namespace(show=False, show_dir=show_dir, wait_time=0))
+    trust_local_checkpoints()
+    runner = build_runner(cfg)
+    if out is not None:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+    metrics = runner.test()
+    close_distributed()
+    return metrics
+
+
+def _pipelines(cfg: Config):
+    """Every data pipeline of the config's train/val/test dataloaders (wrapped datasets too)."""
+    for split in ('train', 'val', 'test'):
+        dataset = cfg.get(f'{split}_dataloader', {}).get('dataset')
+        while dataset is not None:
+            if dataset.get('pipeline') is not None:
+                yield dataset.pipeline
+            dataset = dataset.get('dataset')
+
+
+def set_image_scale(cfg: Config, scale: Tuple[int, int]) -> Config:
+    """Set the ``scale`` of every ``Resize`` in the config's pipelines (found by type, not position)."""
+    found = 0
+    for pipeline in _pipelines(cfg):
+        for transform in pipeline:
+            if transform.get('type') in ('Resize', 'mmdet.Resize'):
+                transform['scale'] = tuple(scale)
+                found += 1
+    if not found:
+        raise ValueError(f'{cfg.filename}: no Resize transform in the dataloader pipelines to set {scale} on')
+    return cfg
+
+
+def use_synthetic_data(cfg: Config, data_root: str, image_scale: Optional[Tuple[int, int]] = None) -> Config:
+    """Point a config built on ``configs/_base_/datasets/synthetic_shapes.py`` at a generated
+    dataset in ``data_root`` (optionally resizing its images to ``image_scale``)."""
+    root = osp.join(data_root, '')
+    for split in ('train', 'val', 'test'):
+        cfg[f'{split}_dataloader'].dataset.data_root = root
+    for split in ('val', 'test'):
+        cfg[f'{split}_evaluator'].ann_file = root + 'annotations/instances_val.json'
+    if image_scale is not None:
+        set_image_scale(cfg, image_scale)
+    return cfg
 
 
 def synthetic_data_options(data_root: str, image_scale=None) -> dict:
