@@ -9,10 +9,12 @@ Layout of ``<dump_dir>/<img_id>.npz`` (an uncompressed numpy ``.npz``, readable 
 (``img_id``, ``img_path``, ``ori_shape`` [h, w], ``img_shape`` [h, w] after resizing,
 ``pad_shape``, ``batch_input_shape``, ``scale_factor`` [sx, sy] as mmdet, ``flip``,
 ``flip_direction``), ``dtype`` and ``layers``: for each layer name a dict with ``type`` (class
-name), ``variant``, ``kernel_size``, ``stride``, ``padding``, ``dilation`` (pairs),
-``deform_groups``, ``input_stride`` / ``output_stride`` (the layer's input / output feature map
-stride on the network input image, ints), ``shape`` [H, W] of the stored (cropped) output grid,
-``components`` (the stored component names) and, for Deformable Kernels, ``mode`` and ``scope``.
+name), ``variant`` (a key of :mod:`deform_viz.variants` such as ``'dcn-df'``; names written by
+earlier versions are read as the current keys), ``kernel_size``, ``stride``, ``padding``,
+``dilation`` (pairs), ``deform_groups``, ``input_stride`` / ``output_stride`` (the layer's input /
+output feature map stride on the network input image, ints), ``shape`` [H, W] of the stored
+(cropped) output grid, ``components`` (the stored component names) and, for Deformable Kernels,
+``mode`` and ``scope``.
 
 Components (G = deform groups, KK = kh * kw kernel taps, tap n = i * kw + j):
 
@@ -35,12 +37,12 @@ When ``flip`` is true the fields are in the flipped image's frame, as the networ
 
 Files are published atomically (a temporary file in the same directory, then a rename or a hard
 link), so a reader never sees a partial file and an interrupted writer leaves only complete ones.
+They get the mode an ordinary file gets under the writer's umask.
 """
 import fnmatch
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +50,14 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from .fileio import write_atomically
+from .variants import dkernel_variant, variant_name
+
 __all__ = [
     'FORMAT_NAME', 'FORMAT_VERSION', 'COMPONENTS', 'OffsetDumpError', 'LayerFields', 'OffsetDump',
     'write_offset_dump', 'load_offset_dump', 'iter_offset_dumps', 'offset_dump_paths',
-    'offset_dump_path', 'LayerNotFoundError', 'match_layer_names', 'check_layer_patterns'
+    'offset_dump_path', 'LayerNotFoundError', 'match_layer_names', 'check_layer_patterns',
+    'image_meta', 'dump_size_bound'
 ]
 
 FORMAT_NAME = 'deform-viz-offsets'
@@ -126,6 +132,66 @@ def expected_shape(component: str, info: Mapping) -> tuple:
     raise KeyError(component)
 
 
+def _jsonable(value):
+    """Metadata values as JSON types: tuples to lists, numpy and torch numbers to Python ones."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, 'tolist'):  # numpy arrays and scalars, torch tensors
+        return _jsonable(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def image_meta(sample, dtype: str, owner: str = 'OffsetDumpHook') -> dict:
+    """The image part of a dump's metadata from an mmdet data sample (or its metainfo dict).
+
+    ``dtype`` names the arrays' type; errors name ``owner`` (who asked) and the missing keys.
+    """
+    info = sample.metainfo if hasattr(sample, 'metainfo') else dict(sample)
+    img_id = info.get('img_id')
+    if img_id is None:
+        if not info.get('img_path'):
+            raise KeyError(f'{owner}: the data samples carry neither img_id nor '
+                           'img_path; add them to the test pipeline\'s PackDetInputs meta_keys')
+        img_id = Path(info['img_path']).stem
+    missing = [k for k in ('img_shape', 'ori_shape') if k not in info]
+    if missing:
+        raise KeyError(f'{owner}: the data samples lack {missing}; keep them in the '
+                       "test pipeline's PackDetInputs meta_keys")
+    batch_input_shape = info.get('batch_input_shape') or info.get('pad_shape') or \
+        info['img_shape']
+    return _jsonable(dict(
+        img_id=img_id, img_path=info.get('img_path'), ori_shape=info['ori_shape'][:2],
+        img_shape=info['img_shape'][:2], pad_shape=info.get('pad_shape', batch_input_shape)[:2],
+        batch_input_shape=batch_input_shape[:2], scale_factor=info.get('scale_factor', (1.0, 1.0)),
+        flip=bool(info.get('flip', False)), flip_direction=info.get('flip_direction'),
+        dtype=dtype))
+
+
+def dump_size_bound(meta: dict, arrays: Mapping[str, np.ndarray]) -> int:
+    """An upper bound of the file :func:`write_offset_dump` writes, in bytes.
+
+    The data, a <= 256-byte npy header per array and zip64 entry records.
+    """
+    entries = [(key, a.nbytes) for key, a in arrays.items()]
+    entries.append((META_KEY, 4 * (len(json.dumps(meta)) + 64)))
+    return sum(nbytes + 256 + 2 * (len(key) + 4) + 2 * 50 + 40 for key, nbytes in entries) + 100
+
+
+_LEGACY_DKERNEL = ('dk_local', 'dk_global', 'dcn_dk_local', 'dcn_dk_global')
+
+
+def _current_variant(info: Mapping) -> str:
+    """The :mod:`deform_viz.variants` key of a layer's metadata, also for names of earlier versions."""
+    variant = str(info['variant'])
+    if variant in _LEGACY_DKERNEL and 'scope' in info:  # these names lacked the scope
+        return dkernel_variant(info['mode'], info['scope'], variant.startswith('dcn_'))
+    return variant_name(variant)
+
+
 def _check(path: PathLike, meta, arrays: Mapping[str, np.ndarray]) -> None:
     """Raise OffsetDumpError unless ``meta`` and ``arrays`` form a consistent dump."""
     if not isinstance(meta, dict):
@@ -181,10 +247,9 @@ def write_offset_dump(path: PathLike,
 
     ``meta`` is the metadata without ``format``/``version`` (added here); ``arrays`` maps
     ``'<layer>/<component>'`` to arrays, which must match the shapes ``meta['layers']`` implies
-    (checked before anything is written). The file is written under a temporary name in the same
-    directory, then renamed. With ``exclusive=True`` it is published with a hard link instead, which
-    fails when ``path`` exists: then nothing is changed and ``None`` is returned (used so that two
-    writers never both publish the same image).
+    (checked before anything is written). The file is published atomically with the mode the
+    umask gives (:func:`deform_viz.fileio.write_atomically`); with ``exclusive=True`` an existing
+    ``path`` is never replaced and ``None`` is returned (two writers never both publish an image).
     """
     path = Path(path)
     meta = {'format': FORMAT_NAME, 'version': FORMAT_VERSION, **meta}
@@ -196,26 +261,8 @@ def write_offset_dump(path: PathLike,
         meta_json = json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise OffsetDumpError(path, f'metadata is not JSON-serialisable ({e})') from None
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **{META_KEY: np.array(meta_json)}, **arrays)
-            size = f.tell()
-        if not exclusive:
-            os.replace(tmp, path)
-            return size
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return None
-        except OSError:  # file systems without hard links: rename, the check above is best effort
-            if path.exists():
-                return None
-            os.replace(tmp, path)
-        return size
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return write_atomically(path, lambda f: np.savez(f, **{META_KEY: np.array(meta_json)}, **arrays),
+                            exclusive=exclusive)
 
 
 def load_offset_dump(path: PathLike) -> OffsetDump:
@@ -249,6 +296,7 @@ def load_offset_dump(path: PathLike) -> OffsetDump:
     _check(path, meta, arrays)
     layers = {}
     for name, info in meta['layers'].items():
+        info['variant'] = _current_variant(info)
         layers[name] = LayerFields(
             name, info,
             {c: arrays[f'{name}/{c}'].astype(np.float32, copy=False) for c in info['components']})
@@ -304,7 +352,7 @@ def _layer_matcher(pattern: str):
 
 def match_layer_names(names: Iterable[str], patterns: Union[None, str, Sequence[str]],
                       where: str = 'the model', kind: str = 'layer') -> List[str]:
-    """The names (module paths, as in dumps) that any of ``patterns`` selects, in their order.
+    """The names (module paths, as in dumps) that any of ``patterns`` selects.
 
     The one layer-pattern syntax of the package (hooks' ``layers=``, the tools' ``--layer``):
 
@@ -312,8 +360,10 @@ def match_layer_names(names: Iterable[str], patterns: Union[None, str, Sequence[
     * a shell glob (``*``, ``?``, ``[...]``): matches the whole name, ``backbone.layer4.*``;
     * a plain word: names that contain it, ``layer3`` selects ``backbone.layer3.0.conv2``.
 
-    ``None`` selects every name. A pattern that selects nothing is a :class:`LayerNotFoundError`
-    naming ``where`` and listing the ``kind`` names there; a malformed regex a ``ValueError``.
+    Names come in the order of the patterns that select them first (a name only once), so
+    ``['layer4', 'layer3']`` puts layer4 first. ``None`` selects every name. A pattern that
+    selects nothing is a :class:`LayerNotFoundError` naming ``where`` and listing the ``kind``
+    names there; a malformed regex a ``ValueError``.
     """
     names = list(names)
     if patterns is None:
@@ -321,13 +371,14 @@ def match_layer_names(names: Iterable[str], patterns: Union[None, str, Sequence[
     patterns = [patterns] if isinstance(patterns, str) else [str(p) for p in patterns]
     chosen = []
     for pattern in patterns:
-        hits = [n for n in names if _layer_matcher(pattern)(n)]
+        matches = _layer_matcher(pattern)
+        hits = [n for n in names if matches(n)]
         if not hits:
             listing = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '') if names else 'none'
-            raise LayerNotFoundError(f'{where}: layer pattern {pattern!r} matches no {kind} '
+            raise LayerNotFoundError(f'{where}: layers pattern {pattern!r} matches no {kind} '
                                      f'(patterns {patterns}); {kind}s: {listing}')
         chosen += [n for n in hits if n not in chosen]
-    return [n for n in names if n in chosen]
+    return chosen
 
 
 def check_layer_patterns(patterns: Union[None, str, Sequence[str]]) -> None:

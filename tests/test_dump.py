@@ -1,12 +1,15 @@
 """The offset dump format: atomic writing, validated reading, clear errors for bad files."""
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
 
-from deform_viz.dump import (FORMAT_NAME, OffsetDumpError, expected_shape, iter_offset_dumps,
-                             load_offset_dump, offset_dump_path, offset_dump_paths,
-                             write_offset_dump)
+from deform_viz.dump import (FORMAT_NAME, LayerNotFoundError, OffsetDumpError, check_layer_patterns,
+                             dump_size_bound, expected_shape, image_meta, iter_offset_dumps,
+                             load_offset_dump, match_layer_names, offset_dump_path,
+                             offset_dump_paths, write_offset_dump)
 
 
 def layer_info(**overrides):
@@ -194,3 +197,92 @@ def test_file_names_are_safe():
     assert offset_dump_path('d', '../x').name == '_x.npz'
     with pytest.raises(ValueError):
         offset_dump_path('d', '...')
+
+
+def test_dump_files_get_the_mode_of_ordinary_files(tmp_path):
+    meta, arrays = sample()
+    old = os.umask(0o022)
+    try:
+        write_offset_dump(tmp_path / 'a.npz', meta, arrays)
+        write_offset_dump(tmp_path / 'b.npz', meta, arrays, exclusive=True)
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ('a.npz', 'b.npz')] == [0o644] * 2
+
+
+@pytest.mark.parametrize('written, extra, read', [
+    ('dcn', {}, 'dcn'),
+    ('dcn-df', {}, 'dcn-df'),
+    ('dcn_df', {}, 'dcn-df'),
+    ('dcnv2_dk', {}, 'dcnv2-dk'),
+    ('dk_local', dict(mode='local', scope=[4, 4]), 'dkernel-local-s4'),
+    ('dcn_dk_global', dict(mode='global', scope=[5, 5]), 'dcn-dkernel-global-s5'),
+    ('dkernel-local-s4', dict(mode='local', scope=[4, 4]), 'dkernel-local-s4'),
+])
+def test_variant_names_of_earlier_versions_are_read_as_current_keys(tmp_path, written, extra, read):
+    meta, arrays = sample(variant=written, **extra)
+    write_offset_dump(tmp_path / '3.npz', meta, arrays)
+    dump = load_offset_dump(tmp_path / '3.npz')
+    assert dump['backbone.l'].info['variant'] == read
+    assert dump.meta['layers']['backbone.l']['variant'] == read
+
+
+def test_image_meta_from_a_data_sample():
+    from mmdet.structures import DetDataSample
+    sample_ = DetDataSample(metainfo=dict(
+        img_id=np.int64(12), img_path='val/12.png', ori_shape=(200, 300), img_shape=(160, 240, 3),
+        pad_shape=(160, 256), batch_input_shape=(160, 256), scale_factor=np.array([0.8, 0.8]),
+        flip=True, flip_direction='horizontal'))
+    meta = image_meta(sample_, 'float16')
+    assert meta == dict(img_id=12, img_path='val/12.png', ori_shape=[200, 300], img_shape=[160, 240],
+                        pad_shape=[160, 256], batch_input_shape=[160, 256], scale_factor=[0.8, 0.8],
+                        flip=True, flip_direction='horizontal', dtype='float16')
+    assert type(meta['img_id']) is int and json.loads(json.dumps(meta)) == meta
+    # without img_id the file name is the id; without a batch shape the image shape is
+    meta = image_meta(dict(img_path='/d/000123.jpg', ori_shape=(9, 9), img_shape=(9, 9)), 'float32')
+    assert meta['img_id'] == '000123' and meta['batch_input_shape'] == [9, 9]
+    assert meta['scale_factor'] == [1.0, 1.0] and meta['flip'] is False
+
+
+def test_image_meta_names_what_is_missing():
+    with pytest.raises(KeyError, match='OffsetFigureHook: .*neither img_id nor img_path'):
+        image_meta(dict(ori_shape=(9, 9), img_shape=(9, 9)), 'float16', owner='OffsetFigureHook')
+    with pytest.raises(KeyError, match=r"OffsetDumpHook: .*lack \['ori_shape'\]"):
+        image_meta(dict(img_id=1, img_shape=(9, 9)), 'float16')
+
+
+def test_size_bound_holds_and_is_close(tmp_path):
+    for img_id, overrides in ((1, {}), (2, dict(shape=[1, 1])), (3, dict(shape=[60, 80]))):
+        meta, arrays = sample(img_id, **overrides)
+        size = write_offset_dump(tmp_path / f'{img_id}.npz', meta, arrays)
+        bound = dump_size_bound(meta, arrays)
+        assert size <= bound <= size + 3000
+
+
+NAMES = ['backbone.layer3.0.conv2', 'backbone.layer3.1.conv2', 'backbone.layer4.0.conv2',
+         'backbone.layer4.1.conv2', 'neck.dcn']
+
+
+@pytest.mark.parametrize('patterns, chosen', [
+    (None, NAMES),
+    ('layer4', NAMES[2:4]),
+    ('backbone.layer4.*', NAMES[2:4]),
+    ('backbone.layer?.1.conv2', [NAMES[1], NAMES[3]]),
+    (r're:backbone\.layer3\.[01]\.conv2', NAMES[:2]),
+    (['layer4', 'layer3.0', 'layer4.0'], [NAMES[2], NAMES[3], NAMES[0]]),  # pattern order, once
+    (['re:.*conv2', 'neck'], NAMES),
+])
+def test_layer_patterns(patterns, chosen):
+    assert match_layer_names(NAMES, patterns) == chosen
+
+
+def test_layer_patterns_that_fail():
+    with pytest.raises(LayerNotFoundError, match=r"dump 3\.npz: layers pattern 'layer5' matches no "
+                       r"layer \(patterns \['layer4', 'layer5'\]\); layers: backbone\.layer3\.0"):
+        match_layer_names(NAMES, ['layer4', 'layer5'], where='dump 3.npz')
+    with pytest.raises(LayerNotFoundError, match="'re:layer4' matches no layer"):  # whole names
+        match_layer_names(NAMES, 're:layer4')
+    with pytest.raises(ValueError, match=r"bad regular expression in layer pattern 're:\['"):
+        check_layer_patterns(['layer4', 're:['])
+    check_layer_patterns(None)
+    check_layer_patterns('backbone.*')
