@@ -1,0 +1,269 @@
+"""Table 1 of the "revisiting" paper at CPU scale: paired rows over seeds on the synthetic dataset.
+
+Per seed, every row (a config in ``configs/synthetic/``) starts from the baseline's initial weights
+and sees the same data (:mod:`.pairing`); each trained full DCN is evaluated again with its offsets
+projected to d_f or d_k. Every run directory keeps its result, so an interrupted ablation resumes,
+and a directory made with other settings is refused. The analysis is fixed in
+``docs/results/PLAN.md``.
+"""
+import json
+import os
+import os.path as osp
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from mmengine.config import Config
+
+from ..datasets import make_synthetic_coco
+from ..engine import evaluate, load_config, train, use_synthetic_data
+from ..variants import LABELS, projected_variant
+from .paired import check_pairing, paired_difference
+from .pairing import build_initialised_model, read_first_loss, write_paired_init
+from .report import markdown_table, paired_report, plot_paired
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
+REFERENCE = 'baseline'
+
+
+@dataclass(frozen=True)
+class Row:
+    """A trained row: its variant key and config (in ``configs/synthetic/``)."""
+    variant: str
+    config: str
+
+
+TRAINED_ROWS: Tuple[Row, ...] = (
+    Row('baseline', 'faster-rcnn_r50-w16_fpn_synthetic.py'),
+    Row('dcn-df', 'faster-rcnn_r50-w16-dconv-df-c3-c5_fpn_synthetic.py'),
+    Row('dcn-dk', 'faster-rcnn_r50-w16-dconv-dk-c3-c5_fpn_synthetic.py'),
+    Row('dcn', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py'),
+    Row('dkernel-local-s4', 'faster-rcnn_r50-w16-dkernel-local-s4-c3-c5_fpn_synthetic.py'),
+)
+ROWS = {row.variant: row for row in TRAINED_ROWS}
+PROJECTED_FROM = 'dcn'
+PROJECTIONS = tuple((projected_variant(PROJECTED_FROM, c), c) for c in ('d_f', 'd_k'))
+
+METRICS = ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou')
+METRIC_NAMES = {'bbox_mAP': 'AP', 'bbox_mAP_75': 'AP75', 'bbox_mean_best_iou': 'mean best IoU'}
+
+
+@dataclass
+class AblationSettings:
+    """Everything a run depends on; stored in each run directory and compared on reuse."""
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    rows: List[str] = field(default_factory=lambda: [r.variant for r in TRAINED_ROWS[:4]])
+    iters: Optional[int] = None  # None: the configs' schedule
+    num_train: int = 1200
+    num_val: int = 200
+    image_size: int = 192
+    data_root: str = 'data/synthetic'
+    work_dir: str = 'work_dirs/mini_ablation'
+
+    def __post_init__(self):
+        unknown = [r for r in self.rows if r not in ROWS]
+        if unknown:
+            raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+        if REFERENCE not in self.rows:
+            raise ValueError(f'the rows must include {REFERENCE!r}: every effect is paired against it')
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f'seeds must be distinct non-negative integers, got {self.seeds}')
+        for name in ('num_train', 'num_val', 'image_size'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
+        if self.iters is not None and self.iters < 1:
+            raise ValueError(f'iters must be positive, got {self.iters}')
+
+    def run_key(self) -> dict:
+        """What a run of one row and seed depends on (not which other rows or seeds run)."""
+        return {k: v for k, v in asdict(self).items() if k not in ('seeds', 'rows', 'work_dir')}
+
+
+def set_iterations(cfg: Config, iters: int) -> Config:
+    """Shorten or lengthen an iteration-based schedule to ``iters``, keeping the LR steps at the
+    same fractions of it (schedulers found by type) and checkpointing/validating at the end only."""
+    old = cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    for scheduler in cfg.param_scheduler:
+        if scheduler.get('type') == 'MultiStepLR':
+            scheduler.milestones = [max(1, round(m * iters / old)) for m in scheduler.milestones]
+        if scheduler.get('end') == old:
+            scheduler.end = iters
+    cfg.default_hooks.checkpoint.interval = iters
+    return cfg
+
+
+def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, run_dir: str) -> Config:
+    """The config of ``row`` for ``seed``: synthetic data, the settings' schedule, paired start."""
+    cfg = load_config(osp.join(CONFIG_DIR, row.config), work_dir=run_dir)
+    use_synthetic_data(cfg, data_root, (settings.image_size, settings.image_size))
+    cfg.randomness = dict(seed=seed)
+    if settings.iters is not None:
+        set_iterations(cfg, settings.iters)
+    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='PairedStartHook', seed=seed)]
+    return cfg
+
+
+def _check_settings(run_dir: str, key: dict) -> None:
+    path = osp.join(run_dir, 'settings.json')
+    if osp.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != key:
+            changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+            raise ValueError(f'{run_dir} holds a run made with other settings ({", ".join(changed)}); '
+                             'pass another --work-dir or delete that directory')
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(key, f, indent=2)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _metrics(raw: dict) -> Dict[str, float]:
+    # mmdet's CocoMetric returns nothing for a detector without detections: COCO's AP is then 0
+    return {m: float(raw.get(f'coco/{m}', 0.0)) for m in METRICS}
+
+
+class Ablation:
+    """The runs of one ablation: ``run()`` trains what is missing and returns the report."""
+
+    def __init__(self, settings: AblationSettings, log=print):
+        self.settings = settings
+        self.work_dir = osp.abspath(settings.work_dir)
+        self.log = log
+        self._reference_state = {}
+
+    def run_dir(self, variant: str, seed: int) -> str:
+        return osp.join(self.work_dir, variant, f'seed{seed}')
+
+    def _paired_init(self, row: Row, seed: int, data_root: str) -> str:
+        """The row's initial checkpoint for ``seed``, made from the baseline's initial weights."""
+        path = osp.join(self.work_dir, 'init', f'seed{seed}', f'{row.variant}.pth')
+        if osp.isfile(path):
+            return path
+        if seed not in self._reference_state:
+            reference = row_config(ROWS[REFERENCE], self.settings, seed, data_root,
+                                   self.run_dir(REFERENCE, seed))
+            self._reference_state[seed] = build_initialised_model(reference, seed).state_dict()
+        cfg = row_config(row, self.settings, seed, data_root, self.run_dir(row.variant, seed))
+        return write_paired_init(cfg, self._reference_state[seed], path)
+
+    def train_row(self, row: Row, seed: int, data_root: str) -> dict:
+        """Train (or reuse) one row for one seed, evaluate it, and return its result record."""
+        run_dir = self.run_dir(row.variant, seed)
+        _check_settings(run_dir, self.settings.run_key())
+        result_file = osp.join(run_dir, 'result.json')
+        result = _read_json(result_file)
+        if result is not None:
+            return result
+        self.log(f'\n=== {LABELS.get(row.variant, row.variant)}, seed {seed} ===')
+        cfg = row_config(row, self.settings, seed, data_root, run_dir)
+        cfg.load_from = self._paired_init(row, seed, data_root)
+        start = time.time()
+        train(cfg, resume='auto')
+        with open(osp.join(run_dir, 'last_checkpoint')) as f:
+            checkpoint = f.read().strip()
+        train_minutes = (time.time() - start) / 60
+        cfg = row_config(row, self.settings, seed, data_root, osp.join(run_dir, 'test'))
+        raw = evaluate(cfg, checkpoint)
+        result = {'variant': row.variant, 'seed': seed, 'checkpoint': checkpoint,
+                  'first_loss': read_first_loss(run_dir), 'metrics': _metrics(raw),
+                  'train_minutes': round(train_minutes, 2)}
+        _write_json(result_file, result)
+        return result
+
+    def project_row(self, trained: dict, variant: str, component: str, data_root: str) -> dict:
+        """Evaluate a trained full DCN with its offsets projected to ``component``."""
+        run_dir = self.run_dir(PROJECTED_FROM, trained['seed'])
+        result_file = osp.join(run_dir, f'result_{variant}.json')
+        result = _read_json(result_file)
+        if result is not None:
+            return result
+        cfg = row_config(ROWS[PROJECTED_FROM], self.settings, trained['seed'], data_root,
+                         osp.join(run_dir, f'test_{component}'))
+        cfg.model.backbone.dcn.component = component
+        result = {'variant': variant, 'seed': trained['seed'], 'checkpoint': trained['checkpoint'],
+                  'metrics': _metrics(evaluate(cfg, trained['checkpoint']))}
+        _write_json(result_file, result)
+        return result
+
+    def run(self) -> dict:
+        start = time.time()
+        s = self.settings
+        data = make_synthetic_coco(s.data_root, num_train=s.num_train, num_val=s.num_val,
+                                   image_size=(s.image_size, s.image_size), seed=0)
+        rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
+        values = {m: {} for m in METRICS}
+        pairing = {}
+        for seed in s.seeds:
+            results = [self.train_row(row, seed, data['out_dir']) for row in rows]
+            first = {r['variant']: r['first_loss'] for r in results}
+            check_pairing(first)
+            pairing[seed] = first
+            for r in results:
+                for m in METRICS:
+                    values[m].setdefault(r['variant'], {})[seed] = r['metrics'][m]
+                if r['variant'] == PROJECTED_FROM:
+                    for variant, component in PROJECTIONS:
+                        p = self.project_row(r, variant, component, data['out_dir'])
+                        for m in METRICS:
+                            values[m].setdefault(variant, {})[seed] = p['metrics'][m]
+        order = [r.variant for r in rows] + [v for v, _ in PROJECTIONS if PROJECTED_FROM in s.rows]
+        report = paired_report(values, order, REFERENCE)
+        return {'settings': asdict(s), 'rows': order, 'metrics': report, 'pairing': pairing,
+                'claim_1': claim_1(report), 'minutes': round((time.time() - start) / 60, 1)}
+
+
+def claim_1(report: Dict[str, dict], metric: str = 'bbox_mAP') -> dict:
+    """The verdict on "d_k carries most of DCN's gain" by the rule fixed in docs/results/PLAN.md."""
+    by_row = report.get(metric, {})
+    if not {'dcn-df', 'dcn-dk', REFERENCE} <= set(by_row):
+        return {'verdict': 'not run', 'needs': ['baseline', 'dcn-df', 'dcn-dk']}
+    per_seed = {row: entry['per_seed'] for row, entry in by_row.items()}
+    dk_vs_df = paired_difference(per_seed, 'dcn-dk', 'dcn-df')
+    dk_vs_base = paired_difference(per_seed, 'dcn-dk', REFERENCE)
+    if dk_vs_df.verdict == 'higher' and dk_vs_base.verdict == 'higher':
+        verdict = 'reproduced'
+    elif dk_vs_df.verdict == 'lower':
+        verdict = 'contradicted'
+    else:
+        verdict = 'unresolved'
+    out = {'verdict': verdict, 'metric': metric, 'dcn-dk vs dcn-df': dk_vs_df.to_dict(),
+           'dcn-dk vs baseline': dk_vs_base.to_dict()}
+    if 'dcn' in per_seed:
+        out['dcn vs dcn-dk'] = paired_difference(per_seed, 'dcn', 'dcn-dk').to_dict()
+    return out
+
+
+def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
+    """The JSON (with the command that made it), the markdown table and the plot, in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    result = {**result, 'command': command}
+    paths = {'json': osp.join(out_dir, 'mini_ablation.json'),
+             'markdown': osp.join(out_dir, 'mini_ablation.md'),
+             'plot': osp.join(out_dir, 'mini_ablation.png')}
+    _write_json(paths['json'], result)
+    table = markdown_table(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES)
+    with open(paths['markdown'], 'w') as f:
+        f.write(table + '\n')
+    s = result['settings']
+    plot_paired(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES, paths['plot'],
+                f"Paired differences to the baseline, seeds {s['seeds']} (90% t-intervals); "
+                f"{s['num_train']} train images at {s['image_size']} px")
+    return paths

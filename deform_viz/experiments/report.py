@@ -1,0 +1,87 @@
+"""Tables and plots of paired experiments: per-row values and paired differences over seeds."""
+import math
+from typing import Dict, Mapping, Sequence
+
+from .paired import paired_difference, summarize
+
+Values = Mapping[str, Mapping[int, float]]  # row -> seed -> metric
+
+
+def paired_report(values: Mapping[str, Values], rows: Sequence[str], reference: str,
+                  confidence: float = 0.90) -> Dict[str, dict]:
+    """``metric -> row -> {'mean', 'std', 'n', 'per_seed', 'vs_reference'}`` for every metric.
+
+    ``vs_reference`` is the :class:`PairedDifference` (as a dict) of ``row - reference``; the
+    reference row has none.
+    """
+    report = {}
+    for metric, by_row in values.items():
+        report[metric] = {}
+        for row in rows:
+            if row not in by_row or not by_row[row]:
+                continue
+            per_seed = {int(s): float(v) for s, v in sorted(by_row[row].items())}
+            entry = {**summarize(list(per_seed.values())), 'per_seed': per_seed}
+            if row != reference and reference in by_row:
+                entry['vs_reference'] = paired_difference(by_row, row, reference, confidence).to_dict()
+            report[metric][row] = entry
+    return report
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else f'{value:.{digits}f}'
+
+
+def markdown_table(report: Mapping[str, dict], rows: Sequence[str], labels: Mapping[str, str],
+                   metrics: Sequence[str], metric_names: Mapping[str, str]) -> str:
+    """One line per row: each metric's mean ± std and its paired difference to the reference with
+    the interval, e.g. ``+0.012 [+0.004, +0.020]``."""
+    head = ['row'] + [f'{metric_names[m]} (mean ± std)' for m in metrics] + \
+        [f'Δ{metric_names[m]} vs baseline [90% CI]' for m in metrics]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in rows:
+        cells, deltas = [labels.get(row, row)], []
+        for m in metrics:
+            entry = report.get(m, {}).get(row)
+            if entry is None:
+                cells.append('-')
+                deltas.append('-')
+                continue
+            cells.append(f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}")
+            d = entry.get('vs_reference')
+            deltas.append('(reference)' if d is None else
+                          f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        lines.append('| ' + ' | '.join(cells + deltas) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_paired(report: Mapping[str, dict], rows: Sequence[str], labels: Mapping[str, str],
+                metrics: Sequence[str], metric_names: Mapping[str, str], path: str, title: str) -> str:
+    """One panel per metric: each row's per-seed paired differences to the reference (points),
+    their mean and interval (bar), and zero (the reference). Written as a PNG at ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+
+    compared = [r for r in rows if any('vs_reference' in report.get(m, {}).get(r, {}) for m in metrics)]
+    fig = Figure(figsize=(3.2 * len(metrics), 0.45 * len(compared) + 1.6), dpi=120, layout='constrained')
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for ax, m in zip(axes, metrics):
+        for y, row in enumerate(compared):
+            d = report.get(m, {}).get(row, {}).get('vs_reference')
+            if d is None:
+                continue
+            ax.scatter(d['differences'], [y] * len(d['differences']), s=14, color='0.45', zorder=3)
+            low = d['low'] if math.isfinite(d['low']) else d['mean']
+            high = d['high'] if math.isfinite(d['high']) else d['mean']
+            colour = {'higher': 'tab:green', 'lower': 'tab:red'}.get(d['verdict'], 'tab:blue')
+            ax.plot([low, high], [y, y], color=colour, lw=3, alpha=0.6, solid_capstyle='butt')
+            ax.plot([d['mean']], [y], marker='|', ms=14, mew=2, color=colour)
+        ax.axvline(0, color='k', lw=0.8)
+        ax.set_xlabel(f'Δ {metric_names[m]} vs baseline')
+        ax.grid(axis='x', alpha=0.3)
+    axes[0].set_yticks(range(len(compared)), [labels.get(r, r) for r in compared])
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path)
+    return path
