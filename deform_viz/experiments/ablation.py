@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from mmengine.config import Config
+from mmengine.runner import find_latest_checkpoint
 
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, train, use_synthetic_data
@@ -174,9 +175,11 @@ class Ablation:
             return result
         self.log(f'\n=== {LABELS.get(row.variant, row.variant)}, seed {seed} ===')
         cfg = row_config(row, self.settings, seed, data_root, run_dir)
-        cfg.load_from = self._paired_init(row, seed, data_root)
         start = time.time()
-        train(cfg, resume='auto')
+        latest = find_latest_checkpoint(run_dir)
+        if latest is None:  # a new run starts from the paired weights, an interrupted one resumes
+            cfg.load_from = self._paired_init(row, seed, data_root)
+        train(cfg, resume=latest)
         with open(osp.join(run_dir, 'last_checkpoint')) as f:
             checkpoint = f.read().strip()
         train_minutes = (time.time() - start) / 60
