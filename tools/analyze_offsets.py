@@ -1,24 +1,18 @@
-"""Measure dumped offset fields against COCO ground truth and print a markdown table per layer.
+"""Measure dumped offset fields against COCO ground truth: markdown tables, a JSON report, figures.
 
     python tools/analyze_offsets.py DUMP --ann COCO_JSON [--layer PATTERN ...] [--out report.json]
-                                    [--max-images N] [--size-thresholds SMALL LARGE]
-                                    [--div-threshold T] [--mask-source auto|masks|boxes]
+                                    [--figure-dir DIR | --no-figures] [--workers N] [--max-images N]
+                                    [--size-thresholds SMALL LARGE] [--keep-global-shift] ...
 
 DUMP is a dump directory (``tools/test.py ... --dump-offsets DIR``) or one ``.npz`` file;
 COCO_JSON the annotation file of the dumped images (checked: same ids, sizes and file names).
-For each layer it reports
-
-* effective dilation (mean distance between adjacent sampling points, input-map pixels) for
-  locations on small / medium / large objects and on background, as the DCN paper's Table 2;
-* Spearman correlation between sqrt(box area) and the d_k circle radius (Fig. 3) at the box
-  centre and the largest one in the box;
-* d_f convergence: mean divergence in boxes vs background, share of in-box d_f pointing to
-  the box centre;
-* IoU / precision / recall of the negative-divergence region against the object masks
-  (boxes for objects without one).
-
-Every number comes with its count of objects, locations or images. Definitions in
-``deform_viz/analysis/statistics.py``.
+Per layer: effective dilation by object size (DCN paper, Table 2), d_k extent vs object size
+(Spearman at the box centre; per-box maxima and means against a null that keeps each box's
+cell count), inward d_f per object with a sign test and a background control, divergence of
+d_f (dimensionless) and its negative-divergence mask against the objects; then how many layers
+support each claim after Holm's correction. Every number comes with its count and, where a test
+applies, its p-value. ``--workers N`` measures images in N processes; the report is identical.
+Definitions: ``deform_viz/analysis/measures.py``.
 """
 import argparse
 import json
@@ -34,38 +28,60 @@ def parse_args(argv=None):
     parser.add_argument('dump', help='a dump directory (tools/test.py --dump-offsets DIR) or one .npz dump')
     parser.add_argument('--ann', required=True, metavar='COCO_JSON', help='COCO annotation file of the dumped images')
     parser.add_argument('--layer', nargs='+', metavar='PATTERN',
-                        help='layer name patterns (shell globs; a plain word matches names containing it); '
+                        help="layer patterns: 're:REGEX', a shell glob, or a word the name contains; "
                         'default: every layer with data offsets')
     parser.add_argument('--out', metavar='REPORT_JSON', help='also write the full report as JSON')
+    parser.add_argument('--figure-dir', metavar='DIR',
+                        help='where the report figures go (default with --out: REPORT_figures/ beside it)')
+    parser.add_argument('--no-figures', action='store_true', help='draw no figures')
+    parser.add_argument('--workers', type=int, default=1, metavar='N',
+                        help='processes measuring images (default 1); the report does not depend on it')
     parser.add_argument('--max-images', type=int, metavar='N', help='only the first N images (sorted by id)')
     parser.add_argument('--size-thresholds', type=float, nargs=2, default=list(COCO_SIZE_THRESHOLDS),
                         metavar=('SMALL', 'LARGE'),
                         help='sqrt(box area) limits in image px of small and medium objects '
                         '(default: COCO, 32 96; the DCN paper used 96 224 on VOC)')
-    parser.add_argument('--div-threshold', type=float, default=0.0,
-                        help='the negative-divergence region is where div(d_f) < this (default 0)')
-    parser.add_argument('--min-displacement', type=float, default=0.01,
-                        help='d_f shorter than this (input px) has no direction (default 0.01)')
     parser.add_argument('--mask-source', choices=('auto', 'masks', 'boxes'), default='auto',
-                        help='ground truth for the mask overlap: segmentations where present (auto/masks) '
-                        'or boxes')
+                        help='object cells from segmentations where present (auto/masks) or from boxes')
+    parser.add_argument('--min-object-cells', type=float, default=3.0, metavar='CELLS',
+                        help='inward d_f: objects at least this many cells wide and high (default 3)')
+    parser.add_argument('--keep-global-shift', action='store_true',
+                        help="inward d_f: keep each image's mean d_f instead of removing it first")
+    parser.add_argument('--background-ring', type=float, default=0.5, metavar='FRACTION',
+                        help='control: background cells within FRACTION x sqrt(box area) of their nearest box '
+                        '(default 0.5)')
+    parser.add_argument('--div-threshold', type=float, default=0.0,
+                        help='the negative-divergence region is where div(d_f) < this (dimensionless, default 0)')
+    parser.add_argument('--permutations', type=int, default=999, help='permutations of each null (default 999)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the permutations (default 0)')
     parser.add_argument('--offsets', choices=('used', 'predicted'), default='used',
                         help="for d_f-/d_k-only layers: offsets sampled with ('used') or predicted")
     args = parser.parse_args(argv)
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f'--max-images must be at least 1, got {args.max_images}')
-    if not 0 < args.size_thresholds[0] < args.size_thresholds[1]:
-        parser.error(f'--size-thresholds must satisfy 0 < SMALL < LARGE, got {args.size_thresholds}')
+    for name in ('max_images', 'workers', 'permutations'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1, got {value}')
+    try:
+        args.settings = AnalysisSettings(
+            size_thresholds=tuple(args.size_thresholds), mask_source=args.mask_source,
+            min_object_cells=args.min_object_cells, remove_global_shift=not args.keep_global_shift,
+            background_ring=args.background_ring, div_threshold=args.div_threshold,
+            permutations=args.permutations, seed=args.seed)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.figure_dir is None and args.out and not args.no_figures:
+        args.figure_dir = os.path.splitext(args.out)[0] + '_figures'
+    if args.no_figures:
+        args.figure_dir = None
     return args
 
 
 def main(argv=None) -> dict:
     """Returns the report (as also written to ``--out``)."""
     args = parse_args(argv)
-    settings = AnalysisSettings(size_thresholds=tuple(args.size_thresholds), div_threshold=args.div_threshold,
-                                min_displacement=args.min_displacement, mask_source=args.mask_source)
-    report = analyze_offsets(args.dump, args.ann, layers=args.layer, settings=settings, source=args.offsets,
-                             max_images=args.max_images, progress=True)
+    report = analyze_offsets(args.dump, args.ann, layers=args.layer, settings=args.settings, source=args.offsets,
+                             max_images=args.max_images, workers=args.workers, progress=True,
+                             figure_dir=args.figure_dir)
     print(format_markdown(report))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

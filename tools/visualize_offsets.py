@@ -21,8 +21,8 @@ import os
 import os.path as osp
 import sys
 
-from deform_viz.analysis import OffsetInputError, dump_files, iter_dumps, match_layers
-from deform_viz.visualization import FIGURES, FORMATS, figure_path, render_dump, save_figure
+from deform_viz.analysis import OffsetInputError
+from deform_viz.visualization import FIGURES, FORMATS, write_dump_figures
 
 
 def parse_points(values):
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Draw offset-field figures from offset dumps')
     parser.add_argument('dump', help='a dump directory (tools/test.py --dump-offsets DIR) or one .npz dump')
     parser.add_argument('--layer', nargs='+', metavar='PATTERN',
-                        help='layer name patterns (shell globs; a plain word matches names containing it), '
+                        help="layer patterns: 're:REGEX', a shell glob or a word the name contains, "
                         "e.g. 'backbone.layer4.*' or layer3; default: every layer with data offsets")
     parser.add_argument('--image', nargs='+', metavar='ID', help='only these image ids')
     parser.add_argument('--out', help='output directory (default: <DUMP>_figures next to the dump)')
@@ -84,11 +84,6 @@ def parse_args(argv=None):
 def main(argv=None) -> list:
     """Returns the paths written."""
     args = parse_args(argv)
-    files = dump_files(args.dump)
-    dumps = iter_dumps(args.dump, image_ids=args.image, max_images=args.max_images)
-    total = len(args.image) if args.image else len(files)
-    total = min(total, args.max_images or total)
-    from tqdm import tqdm
     options = dict(width=args.width, dpi=args.dpi, group=args.group)
     if 'df_divergence' in args.figures:
         options['div_threshold'] = args.div_threshold
@@ -96,16 +91,11 @@ def main(argv=None) -> list:
         options['points'] = args.points
     if args.max_per_side is not None and set(args.figures) - {'sampling'}:
         options['max_per_side'] = args.max_per_side
-    written = []
-    for dump in tqdm(dumps, total=total, desc='figures', unit='image', file=sys.stderr):
-        if args.layer:  # fail early, naming the layers there are
-            match_layers(dump.layers, args.layer, where=str(dump.path))
-        for layer, kind, fig in render_dump(dump, args.layer, args.figures, img_root=args.img_root,
-                                            blank=args.blank, source=args.offsets, levels=args.levels,
-                                            **options):
-            written.append(save_figure(fig, figure_path(args.out, dump.meta['img_id'], layer, kind, args.format),
-                                       args.format))
-    print(f'wrote {len(written)} figures of {total} image(s) to {osp.abspath(args.out)}')
+    written = write_dump_figures(args.dump, args.out, args.layer, args.figures, args.format, image_ids=args.image,
+                                 max_images=args.max_images, progress=True, img_root=args.img_root,
+                                 blank=args.blank, source=args.offsets, levels=args.levels, **options)
+    images = len({os.path.dirname(p) for p in written})
+    print(f'wrote {len(written)} figures of {images} image(s) to {osp.abspath(args.out)}')
     return written
 
 

@@ -2,8 +2,8 @@
 import contextlib
 import io
 import os
-from dataclasses import dataclass
-from typing import Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ COCO_SIZE_THRESHOLDS = (32.0, 96.0)
 DCN_PAPER_SIZE_THRESHOLDS = (96.0, 224.0)
 SIZE_CLASSES = ('small', 'medium', 'large')
 BACKGROUND = -1
-IGNORED = -2  # inside a crowd region only: neither an object nor background
+IGNORED = -2     # neither an object nor background: in a crowd region, or in a box but off its mask
 
 
 def size_class(sqrt_area, thresholds: Sequence[float] = COCO_SIZE_THRESHOLDS) -> np.ndarray:
@@ -28,17 +28,36 @@ def size_class(sqrt_area, thresholds: Sequence[float] = COCO_SIZE_THRESHOLDS) ->
 
 @dataclass
 class ImageObjects:
-    """The non-crowd objects of one image, in original-image pixels.
+    """The objects of one image in original-image pixels: what every statistic is measured against.
 
-    boxes: (N, 4) x0, y0, x1, y1; crowd_boxes likewise; anns: the N annotation dicts.
+    Args:
+        height, width: size of the original image.
+        boxes: (N, 4) non-crowd boxes as x0, y0, x1, y1.
+        masks: None, or N entries each None (use the box) or an (height, width) bool mask.
+        crowd_boxes: (M, 4) crowd regions (neither object nor background).
+        image_id: for messages.
     """
-    image_id: int
     height: int
     width: int
     boxes: np.ndarray
-    crowd_boxes: np.ndarray
-    anns: list
-    _coco: object = None
+    masks: Optional[Sequence[Optional[np.ndarray]]] = None
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    image_id: object = None
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.crowd_boxes = np.asarray(self.crowd_boxes, dtype=np.float64).reshape(-1, 4)
+        if self.masks is not None:
+            if len(self.masks) != len(self.boxes):
+                raise ValueError(f'image {self.image_id}: {len(self.masks)} masks for {len(self.boxes)} boxes')
+            for mask in self.masks:
+                if mask is not None and tuple(mask.shape) != (self.height, self.width):
+                    raise ValueError(f'image {self.image_id}: a mask of shape {tuple(mask.shape)} on an image '
+                                     f'of {self.height}x{self.width} (h x w)')
+        bad = (self.boxes[:, 2] <= self.boxes[:, 0]) | (self.boxes[:, 3] <= self.boxes[:, 1])
+        if bad.any():
+            raise ValueError(f'image {self.image_id}: boxes must have x1 > x0 and y1 > y0, got '
+                             f'{self.boxes[bad][:3].tolist()}')
 
     @property
     def num_objects(self) -> int:
@@ -55,45 +74,73 @@ class ImageObjects:
         """(N, 2) box centres as (y, x)."""
         return np.stack([(self.boxes[:, 1] + self.boxes[:, 3]) / 2, (self.boxes[:, 0] + self.boxes[:, 2]) / 2], 1)
 
-    def assign(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Owner of each point: index of the smallest box containing it, BACKGROUND or IGNORED.
+    @property
+    def mask_source(self) -> str:
+        """'masks', 'boxes', 'masks+boxes' (some of each) or 'none' (no objects)."""
+        if not self.num_objects:
+            return 'none'
+        masks = self.masks or [None] * self.num_objects
+        return '+'.join(sorted({'boxes' if m is None else 'masks' for m in masks}))
 
-        Overlapping boxes give the point to the smallest one (the most specific object); a
-        point only inside crowd regions is IGNORED.
+    def box_contains(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(N, ...) bool: which boxes contain each point."""
+        return _inside(self.boxes, np.asarray(y, np.float64), np.asarray(x, np.float64))
+
+    def distance_to_boxes(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(N, ...) Euclidean distance from each point to each box (0 inside it)."""
+        b = self.boxes.reshape((-1, 4) + (1,) * np.ndim(y))
+        dx = np.maximum(np.maximum(b[:, 0] - x, x - b[:, 2]), 0)
+        dy = np.maximum(np.maximum(b[:, 1] - y, y - b[:, 3]), 0)
+        return np.hypot(dx, dy)
+
+    def assign(self, y: np.ndarray, x: np.ndarray, use_masks: bool = False) -> np.ndarray:
+        """Owner of each point: index of the smallest object containing it, BACKGROUND or IGNORED.
+
+        An object contains a point when its box does, or with ``use_masks`` when its mask does
+        at the pixel under the point (its box for an object without a mask). Overlaps go to the
+        smallest box (the most specific object). BACKGROUND is outside every box and crowd
+        region; a point inside a crowd region or (with masks) inside a box but off its mask is
+        IGNORED.
         """
         y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
         owner = np.full(y.shape, BACKGROUND, dtype=np.int64)
         if len(self.crowd_boxes):
             owner[_inside(self.crowd_boxes, y, x).any(0)] = IGNORED
         if self.num_objects:
-            inside = _inside(self.boxes, y, x)                     # (N, ...)
+            in_box = self.box_contains(y, x)                       # (N, ...)
+            owner[in_box.any(0)] = IGNORED
+            inside = self._in_masks(y, x, in_box) if use_masks else in_box
             areas = self.sqrt_areas.reshape((-1,) + (1,) * y.ndim)
             best = np.where(inside, areas, np.inf).argmin(0)
             hit = inside.any(0)
             owner[hit] = best[hit]
         return owner
 
-    def object_mask(self, source: str = 'auto') -> Tuple[np.ndarray, np.ndarray, str]:
-        """Union of the objects' masks and of crowd regions at image resolution.
+    def _in_masks(self, y, x, in_box):
+        if self.masks is None:
+            return in_box
+        rows = np.clip(np.floor(y).astype(np.int64), 0, self.height - 1)
+        cols = np.clip(np.floor(x).astype(np.int64), 0, self.width - 1)
+        inside = in_box.copy()
+        for i, mask in enumerate(self.masks):
+            if mask is not None:
+                inside[i] &= mask[rows, cols]
+        return inside
 
-        source: 'masks' (segmentations, boxes for annotations without one), 'boxes', or 'auto'
-        (= 'masks'). Returns (objects, crowd, what was used: 'masks', 'boxes' or 'masks+boxes').
-        """
-        if source not in ('auto', 'masks', 'boxes'):
-            raise ValueError(f"mask source must be 'auto', 'masks' or 'boxes', got {source!r}")
-        objects = np.zeros((self.height, self.width), dtype=bool)
-        used = set()
-        for ann, box in zip(self.anns, self.boxes):
-            if source != 'boxes' and ann.get('segmentation'):
-                objects |= self._coco.annToMask(ann).astype(bool)
-                used.add('masks')
-            else:
-                objects |= _box_mask(box, self.height, self.width)
-                used.add('boxes')
-        crowd = np.zeros_like(objects)
+    def union_mask(self) -> np.ndarray:
+        """(height, width) bool: pixels on any object (its mask, or its box without one)."""
+        union = np.zeros((self.height, self.width), dtype=bool)
+        for i, box in enumerate(self.boxes):
+            mask = None if self.masks is None else self.masks[i]
+            union |= _box_mask(box, self.height, self.width) if mask is None else mask
+        return union
+
+    def crowd_mask(self) -> np.ndarray:
+        """(height, width) bool: pixels in crowd regions and on no object."""
+        crowd = np.zeros((self.height, self.width), dtype=bool)
         for box in self.crowd_boxes:
             crowd |= _box_mask(box, self.height, self.width)
-        return objects, crowd & ~objects, '+'.join(sorted(used)) or 'none'
+        return crowd
 
 
 def _inside(boxes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -157,21 +204,21 @@ class CocoGroundTruth:
         except (TypeError, ValueError):
             return img_id
 
-    def objects(self, img_id) -> ImageObjects:
+    def objects(self, img_id, masks: bool = True) -> ImageObjects:
+        """The image's objects; with ``masks`` each segmentation decoded at image resolution."""
         key = self._key(img_id)
         if key not in self.coco.imgs:
             raise OffsetInputError(f'image id {img_id} is not in {self.ann_file!r}')
         info = self.coco.imgs[key]
-        boxes, crowd, anns = [], [], []
+        boxes, crowd, decoded = [], [], []
         for ann in self.coco.imgToAnns.get(key, []):
             x, y, w, h = ann['bbox']
             if w <= 0 or h <= 0:
                 continue
             if ann.get('iscrowd', 0):
                 crowd.append((x, y, x + w, y + h))
-            else:
-                boxes.append((x, y, x + w, y + h))
-                anns.append(ann)
-        as_array = lambda b: np.asarray(b, dtype=np.float64).reshape(-1, 4)  # noqa: E731
-        return ImageObjects(key, int(info['height']), int(info['width']), as_array(boxes), as_array(crowd), anns,
-                            self.coco)
+                continue
+            boxes.append((x, y, x + w, y + h))
+            decoded.append(self.coco.annToMask(ann).astype(bool) if masks and ann.get('segmentation') else None)
+        return ImageObjects(int(info['height']), int(info['width']), np.asarray(boxes, np.float64).reshape(-1, 4),
+                            decoded if masks else None, np.asarray(crowd, np.float64).reshape(-1, 4), key)

@@ -6,14 +6,15 @@ the offsets the convolution actually sampled with, and computes the quantities o
 sampling positions) through ``deform_viz.ops.offset_fields``, in input-map pixels and, via
 :class:`~deform_viz.analysis.geometry.FeatureGeometry`, in original-image pixels.
 """
-import fnmatch
 import os
 from functools import cached_property
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..dump import LayerNotFoundError, match_layer_names, offset_dump_path, offset_dump_paths
 from ..ops import offset_fields as of
 from .geometry import FeatureGeometry
 
@@ -22,63 +23,29 @@ class OffsetInputError(ValueError):
     """A dump, a layer choice or an annotation file cannot be used as asked."""
 
 
-class LayerNotFoundError(OffsetInputError):
-    """No dumped layer matches the requested name or pattern."""
+def dump_files(path, image_ids: Optional[Sequence] = None, max_images: Optional[int] = None) -> List[Path]:
+    """The dump files at ``path`` (one ``.npz`` or a dump directory), in image-id order.
 
-
-_GLOB_CHARS = set('*?[')
-
-
-def match_layers(names: Iterable[str], patterns: Optional[Union[str, Sequence[str]]] = None,
-                 where: str = 'the dump') -> List[str]:
-    """Layer names matching any of ``patterns`` (shell globs), in the given order.
-
-    A pattern without glob characters matches names that contain it, so ``layer3`` selects
-    ``backbone.layer3.0.conv2`` and friends. ``None`` selects every layer.
+    ``image_ids`` keeps the dumps of those images (looked up where ``deform_viz.dump`` puts
+    them), ``max_images`` the first N.
     """
-    names = list(names)
-    if patterns is None:
-        return names
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    globs = [p if _GLOB_CHARS & set(p) else f'*{p}*' for p in patterns]
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-    if not chosen:
-        listing = ', '.join(names) if names else '(none)'
-        raise LayerNotFoundError(f'no layer of {where} matches {list(patterns)}; its layers are: {listing}')
-    return chosen
-
-
-def dump_files(path: str) -> List[str]:
-    """The dump files at ``path``: the file itself, or a directory's dumps sorted by image id."""
-    from ..dump import offset_dump_paths
     if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
+        files = [Path(path)]
+    elif not os.path.isdir(path):
         raise FileNotFoundError(f'offset dump {path!r} does not exist (expected a .npz file or a directory of them)')
-    files = [str(p) for p in offset_dump_paths(path)]
-    if not files:
-        raise OffsetInputError(f'directory {path!r} holds no offset dumps (*.npz); '
-                               f'make them with tools/test.py CONFIG CHECKPOINT --dump-offsets DIR')
-    return files
-
-
-def iter_dumps(path: str, image_ids: Optional[Sequence] = None, max_images: Optional[int] = None) -> Iterator:
-    """Load the dumps at ``path`` one by one (optionally only some image ids / the first N)."""
-    from ..dump import load_offset_dump
-    files = dump_files(path)
+    else:
+        files = offset_dump_paths(path)
+        if not files:
+            raise OffsetInputError(f'directory {path!r} holds no offset dumps (*.npz); '
+                                   f'make them with tools/test.py CONFIG CHECKPOINT --dump-offsets DIR')
     if image_ids is not None:
-        wanted = {str(i) for i in image_ids}
-        by_stem = {os.path.basename(f)[:-4]: f for f in files}
-        missing = sorted(wanted - set(by_stem))
+        wanted = {offset_dump_path(files[0].parent, i): i for i in image_ids}
+        missing = [str(i) for p, i in wanted.items() if p not in files]
         if missing:
-            raise OffsetInputError(f'no dump for image id(s) {", ".join(missing)} in {path!r}; '
-                                   f'it has {len(by_stem)} dump(s), e.g. {", ".join(list(by_stem)[:5])}')
-        files = [f for f in files if os.path.basename(f)[:-4] in wanted]
-    if max_images is not None:
-        files = files[:max_images]
-    for f in files:
-        yield load_offset_dump(f)
+            raise OffsetInputError(f'no dump for image id(s) {", ".join(missing)} in {path!r}; it has '
+                                   f'{len(files)} dump(s), e.g. {", ".join(f.name for f in files[:5])}')
+        files = [f for f in files if f in wanted]
+    return files[:max_images]
 
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:
@@ -98,13 +65,14 @@ class LayerOffsets:
             and ``offset`` otherwise; ``'predicted'`` always takes ``offset``.
 
     Arrays are numpy float64; shapes use G deform groups, K*K taps and the (H, W) grid.
-    Quantities named ``*_image`` are in original-image pixels, the rest in input-map pixels.
+    Quantities named ``*_image`` are in original-image pixels, ``*_network`` in pixels of the
+    image the network saw, the rest in input-map pixels. :meth:`from_fields` builds one from
+    in-memory offsets.
     """
 
     def __init__(self, name: str, info: dict, arrays: dict, meta: dict, source: str = 'used'):
         if source not in ('used', 'predicted'):
             raise ValueError(f"source must be 'used' or 'predicted', got {source!r}")
-        self.name, self.info, self.meta, self.source = name, dict(info), meta, source
         key = 'offset_used' if source == 'used' and 'offset_used' in arrays else 'offset'
         if key not in arrays:
             raise OffsetInputError(
@@ -114,15 +82,36 @@ class LayerOffsets:
         fields = np.asarray(arrays[key], dtype=np.float64)
         if fields.ndim != 5 or fields.shape[2] != 2:
             raise OffsetInputError(f'layer {name!r}: {key!r} has shape {fields.shape}, expected (G, K*K, 2, H, W)')
-        self.kernel_size = tuple(int(v) for v in np.broadcast_to(info.get('kernel_size', 3), (2,)))
+        geometry = FeatureGeometry.from_meta(meta, dict(info, name=name), fields.shape[-2:])
+        mask = None if 'mask' not in arrays else np.asarray(arrays['mask'], dtype=np.float64)
+        self._set(name, dict(info), meta, fields, geometry, key, mask)
+
+    def _set(self, name, info, meta, fields, geometry, component, mask):
+        self.name, self.info, self.meta, self.component = name, info, meta, component
+        self.kernel_size, self.dilation = geometry.kernel_size, geometry.dilation
         if fields.shape[1] != self.kernel_size[0] * self.kernel_size[1]:
-            raise OffsetInputError(f'layer {name!r}: {key!r} has {fields.shape[1]} taps but kernel_size '
+            raise OffsetInputError(f'layer {name!r}: {component!r} has {fields.shape[1]} taps but kernel_size '
                                    f'{self.kernel_size} needs {self.kernel_size[0] * self.kernel_size[1]}')
-        self.dilation = tuple(int(v) for v in np.broadcast_to(info.get('dilation', 1), (2,)))
-        self.component = key
-        self.fields = fields
-        self.mask = None if 'mask' not in arrays else np.asarray(arrays['mask'], dtype=np.float64)
-        self.geometry = FeatureGeometry.from_meta(meta, dict(info, name=name), fields.shape[-2:])
+        if tuple(fields.shape[-2:]) != tuple(geometry.grid_shape):
+            raise OffsetInputError(f'layer {name!r}: fields of grid {fields.shape[-2:]} with a geometry of grid '
+                                   f'{geometry.grid_shape}')
+        self.fields, self.geometry, self.mask = fields, geometry, mask
+
+    @classmethod
+    def from_fields(cls, fields, geometry: FeatureGeometry, name: str = 'layer', image_id=None,
+                    info: Optional[dict] = None) -> 'LayerOffsets':
+        """One layer from in-memory offsets (numpy or torch) ``(G, K*K, 2, H, W)`` in input-map
+        pixels, placed on the image by ``geometry`` (kernel size and dilation included)."""
+        if isinstance(fields, torch.Tensor):
+            fields = fields.detach().cpu().numpy()
+        fields = np.asarray(fields, dtype=np.float64)
+        if fields.ndim != 5 or fields.shape[2] != 2:
+            raise OffsetInputError(f'layer {name!r}: fields have shape {fields.shape}, expected (G, K*K, 2, H, W)')
+        layer = cls.__new__(cls)
+        info = dict(info or {}, kernel_size=list(geometry.kernel_size), dilation=list(geometry.dilation),
+                    input_stride=list(geometry.input_stride), output_stride=list(geometry.output_stride))
+        layer._set(name, info, {'img_id': image_id}, fields, geometry, 'offset', None)
+        return layer
 
     @classmethod
     def from_dump(cls, dump, layer: str, source: str = 'used') -> 'LayerOffsets':
@@ -162,8 +151,12 @@ class LayerOffsets:
 
     @cached_property
     def divergence(self) -> np.ndarray:
-        """Divergence of d_f (Eq. 4), (G, H, W), input pixels per output cell."""
-        return of.divergence(of.offset_df(self._t)).numpy()
+        """Divergence of d_f (Eq. 4), (G, H, W), dimensionless: d_f in input pixels differentiated
+        over input pixels (central differences divided by the output cell spacing in input pixels),
+        so layers of every stride share one scale; d_f = -k * (p - p0) gives -2k."""
+        cy, cx = self.geometry.conv_stride
+        d_f = of.offset_df(self._t)
+        return of.divergence(torch.stack([d_f[:, 0] / cy, d_f[:, 1] / cx], dim=1)).numpy()
 
     @cached_property
     def extent(self):
@@ -187,6 +180,13 @@ class LayerOffsets:
         """d_f as displacements on the original image, (G, 2, H, W) (dy, dx) in image pixels."""
         dy, dx = self.geometry.vectors_to_image(self.d_f[:, 0], self.d_f[:, 1])
         return np.stack([dy, dx], axis=1)
+
+    @cached_property
+    def radius_network(self) -> np.ndarray:
+        """Fig. 3 radius sqrt(width * height) in pixels of the image the network saw, (G, H, W)."""
+        width, height = self.extent
+        sy, sx = self.geometry.input_stride
+        return np.sqrt(np.clip(width * sx * height * sy, 0, None))
 
     @cached_property
     def radius_image(self) -> np.ndarray:
@@ -225,7 +225,7 @@ def layer_offsets(dump, patterns=None, source: str = 'used', skip_without_offset
     With ``skip_without_offsets``, layers that have no data offsets (pure deformable-kernel
     layers) are left out instead of raising, unless that leaves nothing.
     """
-    names = match_layers(dump.layers, patterns, where=str(dump.path))
+    names = match_layer_names(dump.layers, patterns, where=str(dump.path))
     out, skipped = [], []
     for name in names:
         try:

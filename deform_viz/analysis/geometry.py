@@ -21,7 +21,7 @@ Coordinate systems
 All figures are drawn in ``image`` coordinates, on the original image file, with
 ``imshow(extent=(0, width, height, 0))`` so that pixel k spans [k, k+1) there too.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
@@ -182,6 +182,11 @@ class FeatureGeometry:
         return (((y_net - 0.5) / self.input_stride[0] - oy) / cy,
                 ((x_net - 0.5) / self.input_stride[1] - ox) / cx)
 
+    def image_to_input(self, y, x):
+        """Original-image coordinates -> positions in the layer's input-map pixels (y, x)."""
+        rows, cols = self.image_to_grid_coords(y, x)
+        return self.grid_to_input(rows, cols)
+
     def image_to_grid(self, y, x):
         """Original-image coordinates -> nearest output cell (rows, cols) and an in-grid flag.
 
@@ -204,7 +209,16 @@ class FeatureGeometry:
         geometries (layers of one image with the same strides); used to paint per-cell values
         (e.g. the negative-divergence mask) at image resolution.
         """
-        return _pixel_cells(self)
+        return _pixel_cells(self.placement)
+
+    @property
+    def placement(self) -> 'FeatureGeometry':
+        """The geometry reduced to where its output cells sit on the image: equal for the layers of
+        an image that share an output grid (a stride-2 block and the blocks after it), so per-pixel
+        work can be shared between them."""
+        if self._centre_shift != (0.0, 0.0):
+            return self
+        return replace(self, input_stride=self.output_stride, padding=None, kernel_size=(1, 1), dilation=(1, 1))
 
     def to_image_resolution(self, values: np.ndarray, fill=0):
         """Paint a (..., H, W) per-cell array onto the original image (nearest cell; pixels

@@ -1,6 +1,7 @@
 """Figures from offset dumps (matplotlib, no GUI needed): the "revisiting" paper's Fig. 1
 (per-tap offset fields), Fig. 2 (d_f and its negative divergence), Fig. 3 (d_k extent circles)
-and the DCN paper's sampling-location plots.
+and the DCN paper's sampling-location plots; and the figures of an analysis report
+(:mod:`.report_figures`).
 
 Notebook use::
 
@@ -18,10 +19,14 @@ so nothing depends on (or changes) the matplotlib backend.
 from .figures import (PAPER_WIDTH, choose_points, layer_caption, plot_df_divergence,
                       plot_dk_extent, plot_kernel_point_fields, plot_sampling_locations)
 from .image import ImageNotFoundError, image_file, load_image
-from .render import FIGURES, FORMATS, figure_path, figure_to_array, render_dump, render_layer, save_figure  # noqa
+from .render import (FIGURES, FORMATS, figure_path, figure_to_array, render_dump, render_layer, save_figure,
+                     write_dump_figures)
+from .report_figures import (REPORT_FIGURES, plot_effective_dilation, plot_extent_vs_size, plot_inward_df,
+                             write_report_figures)
 
 __all__ = [
     'FIGURES', 'FORMATS', 'ImageNotFoundError', 'PAPER_WIDTH', 'choose_points', 'figure_path', 'figure_to_array',
     'image_file', 'layer_caption', 'load_image', 'plot_df_divergence', 'plot_dk_extent', 'plot_kernel_point_fields',
-    'plot_sampling_locations', 'render_dump', 'render_layer', 'save_figure',
+    'plot_sampling_locations', 'render_dump', 'render_layer', 'save_figure', 'write_dump_figures',
+    'REPORT_FIGURES', 'plot_effective_dilation', 'plot_extent_vs_size', 'plot_inward_df', 'write_report_figures',
 ]

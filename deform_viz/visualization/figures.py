@@ -36,7 +36,7 @@ NEGATIVE_DIV_RGB = (0.85, 0.0, 0.0)
 
 
 # ---------------------------------------------------------------------- small helpers
-def _new_figure(width: float, height: float, dpi: float) -> Figure:
+def new_figure(width: float, height: float, dpi: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=dpi)
     if hasattr(fig, 'set_layout_engine'):
         fig.set_layout_engine('constrained')
@@ -124,7 +124,7 @@ def _image_axes(layer, ax, width, dpi, extra_height=1.0):
     if ax is not None:
         return ax.figure, ax
     h, w = layer.geometry.ori_shape
-    fig = _new_figure(width, min(max(width * 0.8 * h / w + extra_height, 2.5), 10.0), dpi)
+    fig = new_figure(width, min(max(width * 0.8 * h / w + extra_height, 2.5), 10.0), dpi)
     return fig, fig.add_subplot()
 
 
@@ -178,7 +178,7 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
     mean_scale = (0.38 * min(h, w) / mean_len.max()) if mean_len.max() > 0 else 0.0
 
     panel = width / kw * 0.85
-    fig = _new_figure(width, min(panel * h / w * kh + 1.0, 11.0), dpi)
+    fig = new_figure(width, min(panel * h / w * kh + 1.0, 11.0), dpi)
     axes = fig.subplots(kh, kw, sharex=True, sharey=True, squeeze=False)
     X, Y = np.meshgrid(cols, rows)
     extent = None

@@ -1,14 +1,16 @@
-"""Render a dump's figures: which figures exist, saving them reproducibly, turning them into arrays."""
+"""Render dumps' figures: which figures exist, drawing a dump directory, saving reproducibly, arrays."""
 import inspect
 import os
 import re
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..analysis.fields import LayerOffsets, feeding_layers, layer_offsets
+from ..analysis.fields import LayerOffsets, dump_files, feeding_layers, layer_offsets
+from ..dump import load_offset_dump
 from .figures import plot_df_divergence, plot_dk_extent, plot_kernel_point_fields, plot_sampling_locations
 from .image import load_image
 
@@ -79,6 +81,31 @@ def render_dump(dump, layers=None, kinds: Optional[Sequence[str]] = None, img_ro
             if kind == 'sampling' and levels > 1:
                 extra['below'] = feeding_layers(dump, layer.name, levels - 1, source)
             yield layer.name, kind, render_layer(layer, kind, image, **options, **extra)
+
+
+def write_dump_figures(dump: str, out_dir: str, layers=None, kinds: Optional[Sequence[str]] = None,
+                       fmt: str = 'png', image_ids: Optional[Sequence] = None, max_images: Optional[int] = None,
+                       progress: bool = False, **options) -> List[str]:
+    """Draw the figures of the dumps at ``dump`` (a directory or one ``.npz``) into
+    ``out_dir/<image id>/<layer>.<kind>.<fmt>``, one dump in memory at a time; returns the paths.
+
+    ``image_ids`` / ``max_images`` select dumps (see :func:`~deform_viz.analysis.dump_files`);
+    ``options`` go to :func:`render_dump` (``img_root``, ``blank``, ``source``, ``levels``) and
+    to the plotting functions.
+    """
+    check_kinds(kinds)
+    if fmt not in FORMATS:
+        raise ValueError(f'unsupported figure format {fmt!r}; choose from {FORMATS}')
+    files = dump_files(dump, image_ids=image_ids, max_images=max_images)
+    if progress:
+        from tqdm import tqdm
+        files = tqdm(files, desc='figures', unit='image', file=sys.stderr)
+    written = []
+    for path in files:
+        loaded = load_offset_dump(path)
+        for layer, kind, fig in render_dump(loaded, layers, kinds, **options):
+            written.append(save_figure(fig, figure_path(out_dir, loaded.img_id, layer, kind, fmt), fmt))
+    return written
 
 
 def figure_path(out_dir: str, image_id, layer_name: str, kind: str, fmt: str = 'png') -> str:

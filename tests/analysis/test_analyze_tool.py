@@ -1,16 +1,17 @@
 """tools/analyze_offsets.py on a hand-built dump: markdown on stdout, JSON report, clear errors."""
 import json
+import os
 
 import pytest
 
-from conftest import load_tool
+from conftest import import_tool
 from test_statistics import BOXES, CROWD, ORI, object_fields
 from synthetic_dumps import write_coco, write_dump
 
 
 @pytest.fixture(scope='module')
 def analyze():
-    return load_tool('analyze_offsets').main
+    return import_tool('analyze_offsets').main
 
 
 def test_tool_prints_tables_and_writes_json(analyze, tmp_path, capsys):
@@ -28,7 +29,9 @@ def test_tool_prints_tables_and_writes_json(analyze, tmp_path, capsys):
     assert 'backbone.layer3' not in printed
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     ext = report['layers']['backbone.layer2.0.conv2']['extent_vs_size']
-    assert ext['num_objects'] == 8 and ext['spearman_largest']['rho'] == pytest.approx(1.0)
+    assert ext['num_objects'] == 8 and ext['box_max']['rho'] == pytest.approx(1.0)
+    assert sorted(os.listdir(tmp_path / 'report' / 'report_figures')) == ['effective_dilation.png',
+                                                                         'extent_vs_size.png', 'inward_df.png']
 
     report = analyze([str(tmp_path / 'dumps' / '6.npz'), '--ann', ann, '--size-thresholds', '10', '30'])
     eff = report['layers']['backbone.layer2.0.conv2']['effective_dilation']

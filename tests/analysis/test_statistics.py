@@ -1,11 +1,14 @@
-"""The analysis reproduces known values on hand-built dumps and fails clearly on bad input."""
+"""analyze_offsets on hand-built dumps: known values, one report for any number of workers, figures,
+the headline numbers, and clear errors on bad input."""
 import json
+import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from deform_viz.analysis import (AnalysisSettings, LayerNotFoundError, OffsetInputError, analyze_offsets,
-                                 format_markdown)
+                                 format_markdown, headline)
 from deform_viz.dump import OffsetDumpError
 from synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_coco, write_dump
 
@@ -73,22 +76,39 @@ def test_effective_dilation_by_size_class(object_dump):
 def test_extent_tracks_object_size(object_dump):
     ext = analyze_offsets(*object_dump, layers=['layer2'])['layers']['backbone.layer2.0.conv2']['extent_vs_size']
     assert ext['num_objects'] == 4
-    assert ext['spearman_centre']['rho'] == pytest.approx(1.0)
-    assert ext['spearman_largest']['rho'] == pytest.approx(1.0)
-    radii = sorted(s * 2 * 8 for _, _, s, _ in BOXES.values())   # scale x rigid extent 2 x stride 8
-    assert ext['radius_at_centre']['mean'] == pytest.approx(np.mean(radii))
+    for statistic in ('centre', 'box_max', 'box_mean'):
+        assert ext[statistic]['rho'] == pytest.approx(1.0) and ext[statistic]['count'] == 4
+    # 4 boxes in the best of their 24 orderings
+    assert ext['centre']['p_greater'] == pytest.approx(1 / 24, abs=0.02)
+    # the boxes cover 4, 25, 49 and 169 cells: alone in their strata, nothing can be shuffled
+    assert ext['box_max']['exchangeable'] == 0 and ext['box_max']['p_value'] == 1.0
+    radii = sorted(s * 2 * 8 for _, _, s, _ in BOXES.values())   # scale x rigid extent 2 x stride 8, no resize
+    assert ext['centre']['radius']['mean'] == pytest.approx(np.mean(radii))
+    assert ext['cells']['mean'] == pytest.approx((4 + 25 + 49 + 169) / 4)
 
 
-def test_df_convergence(object_dump):
-    result = analyze_offsets(*object_dump, layers=['layer3'])['layers']['backbone.layer3.0.conv2']
-    towards = result['towards_centre']
-    assert towards['fraction'] == 1.0 and towards['mean_cosine'] == pytest.approx(1.0)
-    assert towards['count'] == 247 - 4                 # each box's centre cell is left out
+def test_inward_df_and_divergence(object_dump):
+    result = analyze_offsets(*object_dump, layers=['layer3'],
+                             settings=AnalysisSettings(remove_global_shift=False))['layers']['backbone.layer3.0.conv2']
+    inward = result['inward_df']
+    assert inward['narrow_objects'] == 1                     # box A is 2.5 cells wide
+    ys, xs = cell_centres()
+    expected = []
+    for name in ('B', 'D', 'C'):                             # d_f = 0.25 x (box centre - cell) in input px
+        (x, y, w, h), _, _, count = BOXES[name]
+        sel = inside(BOXES[name][0], ys, xs)
+        distance = np.hypot(y + h / 2 - ys[sel], x + w / 2 - xs[sel]) / 8
+        expected.append(0.25 * (distance.sum() - distance.min()) / (count - 1))   # the centre cell left out
+    assert inward['objects']['count'] == 3 and inward['objects']['cells'] == 25 + 49 + 169 - 3
+    assert inward['objects']['mean'] == pytest.approx(np.mean(expected))
+    assert inward['objects']['sign_test']['positive'] == 3
+    assert inward['objects']['sign_test']['p_greater'] == pytest.approx(1 / 8)
+    assert inward['background']['mean'] == pytest.approx(0.0)        # the background does not move
     div = result['divergence']
-    assert div['in_boxes']['count'] == 247 and div['background']['count'] == 480 - 247 - 25
-    assert div['in_boxes']['mean'] < 0 < div['background']['mean'] + 1e-9
-    # cells inside a box away from its border see exactly -2 * 0.25
-    assert div['in_boxes']['mean'] > -0.5 - 1e-9
+    assert div['objects']['count'] == 247 and div['background']['count'] == 480 - 247 - 25
+    assert div['objects']['mean'] < 0 < div['background']['mean'] + 1e-9
+    # cells inside a box away from its border see exactly -2 * 0.25 (dimensionless at conv stride 1)
+    assert div['objects']['mean'] > -0.5 - 1e-9
 
 
 def band_dump(tmp_path, with_second_box: bool, segmentation=None):
@@ -124,10 +144,50 @@ def test_negative_divergence_mask_matches_objects(tmp_path):
 def test_report_is_json_and_markdown(object_dump):
     report = analyze_offsets(*object_dump, settings=AnalysisSettings(size_thresholds=(32, 96)))
     json.dumps(report, allow_nan=False)
+    assert report['settings']['offsets'] == 'used' and report['settings']['remove_global_shift'] is True
+    assert 'dimensionless' in report['units']['divergence']
     text = format_markdown(report)
     assert '| backbone.layer2.0.conv2 | 1.20 ± 0.00 (4) |' in text
-    assert '### backbone.layer3.0.conv2' in text
-    assert '243 locations' in text                      # the counts travel with the numbers
+    assert '## Inward d_f' in text and '3/3 inward, p = 0.12' in text     # the counts travel with the numbers
+    assert '| backbone.layer3.0.conv2 | 4 | n/a (n/a) |' in text        # a layer without d_k has no rho
+
+
+def test_any_number_of_workers_gives_the_same_report(tmp_path):
+    dk, df = object_fields()
+    ids = list(range(1, 6))
+    for i in ids:   # different fields per image, so that the merge order matters
+        write_dump(tmp_path / 'dumps', i, {'backbone.layer2.0.conv2': ({}, dk * (1 + 0.1 * i)),
+                                           'backbone.layer3.0.conv2': ({}, df * (0.5 + 0.3 * i))},
+                   ori_shape=ORI, img_path=f'{i}.png')
+    anns = [dict(image_id=i, bbox=list(b[0])) for i in ids for b in BOXES.values()]
+    ann = write_coco(tmp_path / 'ann.json', [(i, f'{i}.png', *ORI) for i in ids], anns)
+    one = analyze_offsets(str(tmp_path / 'dumps'), ann)
+    two = analyze_offsets(str(tmp_path / 'dumps'), ann, workers=2)
+    assert json.dumps(one, allow_nan=False) == json.dumps(two, allow_nan=False)   # bit for bit
+    assert one['layers']['backbone.layer3.0.conv2']['inward_df']['objects']['count'] == 15
+    with pytest.raises(ValueError, match='workers must be at least 1'):
+        analyze_offsets(str(tmp_path / 'dumps'), ann, workers=0)
+
+
+def test_headline_and_figures(object_dump, tmp_path):
+    report = analyze_offsets(*object_dump, settings=AnalysisSettings(remove_global_shift=False),
+                             figure_dir=str(tmp_path / 'figures'))
+    assert [os.path.basename(p) for p in report['figures']] == ['effective_dilation.png', 'extent_vs_size.png',
+                                                                 'inward_df.png']
+    for path in report['figures']:
+        with Image.open(path) as im:
+            assert im.size[0] == 975 and np.asarray(im.convert('L')).std() > 10    # 6.5 in at 150 dpi
+    numbers = headline(report)
+    assert numbers['layer'] == 'backbone.layer3.0.conv2' and numbers['num_layers'] == 2
+    assert numbers['inward_df_count'] == 3 and numbers['inward_df_fraction'] == 1.0
+    assert numbers['inward_df_p'] == pytest.approx(1 / 8)
+    assert numbers['dk_size_rho'] is None and numbers['dk_size_count'] == 4
+    assert headline(report, 'backbone.layer2.0.conv2')['dk_size_rho'] == pytest.approx(1.0)
+    assert numbers['effective_dilation_objects'] == pytest.approx(1.0)
+    # one layer tested for each claim: p = 1/24 for d_k (< 0.05), 1/8 for d_f (3 wide objects)
+    assert numbers['layers_dk_grows_with_size'] == 1 and numbers['layers_inward_df'] == 0
+    with pytest.raises(LayerNotFoundError, match='no layer'):
+        headline(report, 'neck')
 
 
 def test_missing_layer_names_the_available_ones(object_dump):
