@@ -1,12 +1,29 @@
-"""What tools/train.py and tools/test.py share: config loading, checks, runner construction."""
+"""Running mmdet from this package: load and edit a config, then :func:`train` or :func:`evaluate`.
+
+``tools/train.py`` and ``tools/test.py`` are argument parsing around these two; the demo, the
+experiments and the tests call them with edited :class:`~mmengine.config.Config` objects::
+
+    cfg = load_config('configs/synthetic/faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py',
+                      work_dir='work_dirs/dcn')
+    use_synthetic_data(cfg, 'data/synthetic', image_scale=(160, 160))
+    set_epochs(cfg, 2, warmup_iters=4)
+    train(cfg)
+    metrics = evaluate(cfg, 'work_dirs/dcn/epoch_2.pth', dump_offsets='work_dirs/dcn/offsets')
+"""
 import os.path as osp
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import Runner
 
+from .checkpoint_check import DeformableCheckpointGuard
 from .config_check import check_config
+
+SPLITS = ('train', 'val', 'test')
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
@@ -27,8 +44,97 @@ def load_config(config: str, cfg_options: Optional[dict] = None, work_dir: Optio
     return cfg
 
 
+# ---------------------------------------------------------------------------------------- editors
+def _datasets(cfg: Config, splits: Sequence[str]):
+    """The dataset configs of the given dataloaders, wrapped datasets (``dataset.dataset``) too."""
+    for split in splits:
+        dataset = cfg.get(f'{split}_dataloader', {}).get('dataset')
+        while dataset is not None:
+            yield dataset
+            dataset = dataset.get('dataset')
+
+
+def set_image_scale(cfg: Config, scale: Tuple[int, int], splits: Sequence[str] = SPLITS) -> Config:
+    """Set the ``scale`` of every ``Resize`` in the pipelines of ``splits`` (found by type, not
+    position); an error if there is none."""
+    found = 0
+    for dataset in _datasets(cfg, splits):
+        for transform in dataset.get('pipeline') or ():
+            if transform.get('type') in ('Resize', 'mmdet.Resize'):
+                transform['scale'] = tuple(scale)
+                found += 1
+    if not found:
+        raise ValueError(f'{cfg.filename}: no Resize transform in the {"/".join(splits)} pipelines '
+                         f'to set the scale {tuple(scale)} on')
+    return cfg
+
+
+def use_synthetic_data(cfg: Config, data_root: str, image_scale: Optional[Tuple[int, int]] = None) -> Config:
+    """Point a config built on ``configs/_base_/datasets/synthetic_shapes.py`` at the dataset
+    :func:`deform_viz.datasets.make_synthetic_coco` generated in ``data_root`` (optionally
+    resizing its images to ``image_scale``)."""
+    root = osp.join(data_root, '')
+    for dataset in _datasets(cfg, SPLITS):
+        if 'ann_file' in dataset:
+            dataset.data_root = root
+    for split in ('val', 'test'):
+        evaluators = cfg[f'{split}_evaluator']
+        for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+            if 'ann_file' in evaluator:
+                evaluator.ann_file = root + 'annotations/instances_val.json'
+    if image_scale is not None:
+        set_image_scale(cfg, image_scale)
+    return cfg
+
+
+def _schedulers(cfg: Config, kind: str) -> list:
+    schedulers = cfg.get('param_scheduler') or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
+    return [s for s in schedulers if s.get('type') == kind]
+
+
+def set_epochs(cfg: Config, epochs: int, milestones: Optional[Sequence[int]] = None,
+               warmup_iters: Optional[int] = None) -> Config:
+    """Train an epoch-based config for ``epochs``, validating and saving a checkpoint after the
+    last one; its ``MultiStepLR`` ends there (stepping at ``milestones`` if given) and its
+    iteration-based ``LinearLR`` warm-up lasts ``warmup_iters`` if given."""
+    if cfg.train_cfg.get('type') != 'EpochBasedTrainLoop':
+        raise ValueError(f'{cfg.filename}: set_epochs needs an EpochBasedTrainLoop, '
+                         f'got {cfg.train_cfg.get("type")}')
+    cfg.train_cfg.max_epochs = epochs
+    cfg.train_cfg.val_interval = epochs
+    cfg.default_hooks.checkpoint.interval = epochs
+    for scheduler in _schedulers(cfg, 'MultiStepLR'):
+        scheduler.end = epochs
+        if milestones is not None:
+            scheduler.milestones = list(milestones)
+    if warmup_iters is not None:
+        warmups = [s for s in _schedulers(cfg, 'LinearLR') if not s.get('by_epoch', True)]
+        if not warmups:
+            raise ValueError(f'{cfg.filename}: no iteration-based LinearLR warm-up to shorten')
+        for warmup in warmups:
+            warmup.end = warmup_iters
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- running
+@OPTIM_WRAPPERS.register_module()
+class CPUAmpOptimWrapper(OptimWrapper):
+    """Mixed precision on CPU: the forward pass under bfloat16 autocast.
+
+    mmengine's ``AmpOptimWrapper`` needs a GPU (its ``GradScaler`` is CUDA's); bfloat16 keeps
+    float32's exponent range, so its gradients need no loss scaling.
+    """
+
+    @contextmanager
+    def optim_context(self, model: torch.nn.Module):
+        with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16, cache_enabled=False):
+            yield
+
+
 def build_runner(cfg: Config) -> Runner:
-    """Build the runner named by ``runner_type`` (mmdet's RUNNERS), else mmengine's default.
+    """The runner named by ``runner_type`` (mmdet's RUNNERS), else mmengine's default, with
+    :class:`~deform_viz.checkpoint_check.DeformableCheckpointGuard` registered.
 
     mmdet's configs name their visualizer 'visualizer', and mmengine keeps one instance per
     name: a second runner in the same process (demo, ablation, tests) would write into the
@@ -40,8 +146,11 @@ def build_runner(cfg: Config) -> Runner:
         _prepare_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         from mmdet.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.register_hook(DeformableCheckpointGuard())
+    return runner
 
 
 def _prepare_cpu_distributed(cfg: Config) -> None:
@@ -78,8 +187,8 @@ def trust_local_checkpoints() -> None:
 
     mmengine 0.10 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses the
     checkpoints mmengine itself writes (their message hub pickles HistoryBuffers through
-    ``getattr``, which no safe allowlist can admit). The tools call this because they load the
-    checkpoint the user names on the command line: load only checkpoints you trust.
+    ``getattr``, which no safe allowlist can admit). :func:`train` and :func:`evaluate` call this
+    because they load the checkpoint their caller names: load only checkpoints you trust.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -92,19 +201,31 @@ def trust_local_checkpoints() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
+def use_amp(cfg: Config) -> Config:
+    """Mixed-precision training: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale)
+    on a GPU, :class:`CPUAmpOptimWrapper` (bfloat16) on a CPU-only machine."""
+    if torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    else:
+        cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+    return cfg
+
+
 def train(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,
           resume: Optional[str] = None) -> Runner:
     """Train as mmdet's ``tools/train.py`` does; returns the finished runner.
 
     ``resume``: ``'auto'`` (the latest checkpoint in the work dir, if any) or a checkpoint path.
-    A crash is written to the run's log too, so the result collector can say why it stopped.
+    A checkpoint (``resume`` or ``cfg.load_from``) that does not fit a deformable layer stops the
+    run before its first iteration. A crash is written to the run's log too, so that
+    :mod:`deform_viz.results` can say why the run stopped.
     """
     if amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        use_amp(cfg)
     if auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {cfg.filename}')
+            raise ValueError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {cfg.filename}')
         cfg.auto_scale_lr.enable = True
     if resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -122,21 +243,24 @@ def train(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,
 
 
 def evaluate(cfg: Config, checkpoint: str, *, dump_offsets: Optional[str] = None,
-         dump_options: Optional[dict] = None, out: Optional[str] = None,
-         show_dir: Optional[str] = None) -> dict:
+             dump_options: Optional[dict] = None, out: Optional[str] = None,
+             show_dir: Optional[str] = None) -> dict:
     """Evaluate ``checkpoint`` as mmdet's ``tools/test.py`` does; returns the metrics.
 
     ``dump_offsets``: a directory for :class:`~deform_viz.hooks.OffsetDumpHook` (with
     ``dump_options``); ``out``: a ``.pkl`` of the predictions; ``show_dir``: painted predictions.
+    A checkpoint that does not fit a deformable layer stops before the first image.
     """
     if out is not None and not out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must name a .pkl file, got {out}')
+    if dump_options and not dump_offsets:
+        raise ValueError('dump options need a dump directory (--dump-offsets DIR)')
+    if not osp.isfile(checkpoint) and '://' not in checkpoint:
+        raise FileNotFoundError(f'checkpoint {checkpoint} not found')
     cfg.load_from = checkpoint
     if dump_offsets:
         from .hooks import add_offset_dump_hook
         add_offset_dump_hook(cfg, dump_offsets, **(dump_options or {}))
-    elif dump_options:
-        raise ValueError('dump options need a dump directory (--dump-offsets DIR)')
     if show_dir:
         from argparse import Namespace
 
@@ -150,87 +274,3 @@ def evaluate(cfg: Config, checkpoint: str, *, dump_offsets: Optional[str] = None
     metrics = runner.test()
     close_distributed()
     return metrics
-
-
-def _pipelines(cfg: Config):
-    """Every data pipeline of the config's train/val/test dataloaders (wrapped datasets too)."""
-    for split in ('train', 'val', 'test'):
-        dataset = cfg.get(f'{split}_dataloader', {}).get('dataset')
-        while dataset is not None:
-            if dataset.get('pipeline') is not None:
-                yield dataset.pipeline
-            dataset = dataset.get('dataset')
-
-
-def set_image_scale(cfg: Config, scale: Tuple[int, int]) -> Config:
-    """Set the ``scale`` of every ``Resize`` in the config's pipelines (found by type, not position)."""
-    found = 0
-    for pipeline in _pipelines(cfg):
-        for transform in pipeline:
-            if transform.get('type') in ('Resize', 'mmdet.Resize'):
-                transform['scale'] = tuple(scale)
-                found += 1
-    if not found:
-        raise ValueError(f'{cfg.filename}: no Resize transform in the dataloader pipelines to set {scale} on')
-    return cfg
-
-
-def use_synthetic_data(cfg: Config, data_root: str, image_scale: Optional[Tuple[int, int]] = None) -> Config:
-    """Point a config built on ``configs/_base_/datasets/synthetic_shapes.py`` at a generated
-    dataset in ``data_root`` (optionally resizing its images to ``image_scale``)."""
-    root = osp.join(data_root, '')
-    for split in ('train', 'val', 'test'):
-        cfg[f'{split}_dataloader'].dataset.data_root = root
-    for split in ('val', 'test'):
-        cfg[f'{split}_evaluator'].ann_file = root + 'annotations/instances_val.json'
-    if image_scale is not None:
-        set_image_scale(cfg, image_scale)
-    return cfg
-
-
-def synthetic_data_options(data_root: str, image_scale=None) -> dict:
-    """``--cfg-options`` that point a config built on ``configs/_base_/datasets/synthetic_shapes.py``
-    at a generated dataset in ``data_root`` (and optionally resize images to ``image_scale``)."""
-    root = osp.join(data_root, '')
-    options = {}
-    for split in ('train', 'val', 'test'):
-        options[f'{split}_dataloader.dataset.data_root'] = root
-    for split in ('val', 'test'):
-        options[f'{split}_evaluator.ann_file'] = root + 'annotations/instances_val.json'
-    if image_scale is not None:
-        scale = tuple(image_scale)
-        options['train_dataloader.dataset.pipeline.2.scale'] = scale  # Resize in train_pipeline
-        for split in ('val', 'test'):
-            options[f'{split}_dataloader.dataset.pipeline.1.scale'] = scale  # Resize in test_pipeline
-    return options
-
-
-TOOLS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
-
-
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` of this checkout as a module (its ``main(argv)`` is the CLI).
-
-    Lets the demo, the mini ablation and the tests drive the very code users run, in-process.
-    Needs the repository checkout (an editable install), where ``tools/`` lives.
-    """
-    import importlib.util
-    path = osp.join(TOOLS_DIR, f'{name}.py')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{path} not found: the tools live in the deform-viz repository; '
-                                'install it with `pip install -e .` from a checkout')
-    spec = importlib.util.spec_from_file_location(f'deform_viz_tools.{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cfg_options_argv(options: dict) -> list:
-    """``{'a.b': (1, 2)}`` -> ``['a.b=(1,2)']``: a dict of overrides as ``--cfg-options`` words."""
-    def text(value):  # as mmengine's DictAction parses it back
-        if isinstance(value, tuple):
-            return '(' + ','.join(text(v) for v in value) + ')'
-        if isinstance(value, list):
-            return '[' + ','.join(text(v) for v in value) + ']'
-        return str(value)
-    return [f'{key}={text(value)}' for key, value in options.items()]

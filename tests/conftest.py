@@ -1,7 +1,9 @@
 """Session fixtures shared by the test suite: a generated dataset and a tiny trained detector.
 
-Everything runs on CPU through the real tools/train.py and tools/test.py code paths.
+Everything runs on CPU through :mod:`deform_viz.engine`, the code tools/train.py and
+tools/test.py are argument parsing around.
 """
+import importlib.util
 import os
 import os.path as osp
 from types import SimpleNamespace
@@ -9,14 +11,28 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deform_viz.engine import cfg_options_argv, load_tool  # noqa: F401  (used by test modules)
-
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
 DCN_CONFIG = osp.join(CPU_CONFIG_DIR, 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
 TEST_IMAGE_SCALE = (160, 160)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def import_tool(name: str):
+    """``tools/<name>.py`` as a module, for the tests of a tool's command line itself."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_config(config: str, data_root: str, work_dir: str, cfg_options=None):
+    """``config`` (built on the synthetic dataset base) reading the generated data in
+    ``data_root``, images at TEST_IMAGE_SCALE."""
+    from deform_viz.engine import load_config, use_synthetic_data
+    cfg = load_config(config, cfg_options, work_dir)
+    return use_synthetic_data(cfg, data_root, TEST_IMAGE_SCALE)
 
 
 @pytest.fixture
@@ -40,22 +56,18 @@ def synthetic_data_root(tmp_path_factory) -> str:
 
 @pytest.fixture(scope='session')
 def tiny_checkpoint(synthetic_data_root, tmp_path_factory) -> SimpleNamespace:
-    """The CPU DCN config trained for 2 epochs (8 iterations) by tools/train.py.
+    """The CPU DCN config trained for 2 epochs (8 iterations) by deform_viz.engine.train.
 
-    Returns ``config``, ``checkpoint``, ``work_dir``, ``data_root`` and ``cfg_options`` (the
-    overrides used, to pass on to tools/test.py).
+    Returns ``config`` (its path), ``checkpoint``, ``work_dir`` and ``data_root``; evaluate it
+    with ``synthetic_config(tiny.config, tiny.data_root, work_dir)``.
     """
-    from deform_viz.engine import synthetic_data_options
+    from deform_viz.engine import set_epochs, train
     work_dir = str(tmp_path_factory.mktemp('tiny_dcn'))
-    options = synthetic_data_options(synthetic_data_root, TEST_IMAGE_SCALE)
-    options.update({
-        'train_cfg.max_epochs': 2, 'train_cfg.val_interval': 2,
-        'default_hooks.checkpoint.interval': 2, 'default_hooks.logger.interval': 1,
-        'param_scheduler.0.end': 4,
-    })
-    argv = [DCN_CONFIG, '--work-dir', work_dir, '--cfg-options', *cfg_options_argv(options)]
-    load_tool('train').main(argv)
+    cfg = synthetic_config(DCN_CONFIG, synthetic_data_root, work_dir)
+    set_epochs(cfg, 2, warmup_iters=4)
+    cfg.default_hooks.logger.interval = 1
+    train(cfg)
     checkpoint = osp.join(work_dir, 'epoch_2.pth')
     assert osp.isfile(checkpoint), f'training wrote no checkpoint in {work_dir}'
     return SimpleNamespace(config=DCN_CONFIG, checkpoint=checkpoint, work_dir=work_dir,
-                           data_root=synthetic_data_root, cfg_options=options)
+                           data_root=synthetic_data_root)

@@ -4,12 +4,12 @@ import os.path as osp
 
 import pytest
 
-from conftest import load_tool
+from conftest import import_tool
 
 
 @pytest.mark.slow
 def test_quick_demo_produces_every_artifact(tmp_path):
-    summary = load_tool('demo').main(['--quick', '--work-dir', str(tmp_path / 'demo'),
+    summary = import_tool('demo').main(['--quick', '--work-dir', str(tmp_path / 'demo'),
                                       '--data-root', str(tmp_path / 'data'), '--figure-images', '1'])
     assert osp.isfile(summary['checkpoint'])
     dumps = sorted(p for p in (tmp_path / 'demo' / 'offsets').iterdir() if p.suffix == '.npz')
@@ -31,7 +31,7 @@ def test_mini_ablation_one_seed_one_iteration(tmp_path, capsys):
     work_dir = tmp_path / 'ablation'
     argv = ['--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'), '--seeds', '0',
             '--epochs', '1', '--num-train', '4', '--num-val', '2', '--image-size', '96']
-    report = load_tool('mini_ablation').main(argv)
+    report = import_tool('mini_ablation').main(argv)
     rows = report['bbox_mAP']
     assert list(rows) == ['baseline', 'd_f only', 'd_k only', 'full DCN', 'local DK s4',
                           'full DCN, d_f at test', 'full DCN, d_k at test']
@@ -39,11 +39,11 @@ def test_mini_ablation_one_seed_one_iteration(tmp_path, capsys):
     table = capsys.readouterr().out
     assert '| d_k only |  |  | ✓ |' in table
     # a second call reuses the finished runs instead of training again
-    assert load_tool('mini_ablation').main(argv)['bbox_mAP'] == rows
+    assert import_tool('mini_ablation').main(argv)['bbox_mAP'] == rows
 
 
 def test_mini_ablation_refuses_a_run_made_with_other_settings(tmp_path):
-    check = load_tool('mini_ablation').check_settings
+    check = import_tool('mini_ablation').check_settings
     run_dir = str(tmp_path / 'run')
     check(run_dir, {'train_cfg.max_epochs': 6, 'param_scheduler.1.milestones': (4, 5)})
     check(run_dir, {'train_cfg.max_epochs': 6, 'param_scheduler.1.milestones': (4, 5)})  # same: reused

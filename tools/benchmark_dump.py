@@ -28,7 +28,7 @@ from mmengine.registry import HOOKS
 import deform_viz  # noqa: F401  registers layers and OffsetDumpHook
 from deform_viz.datasets import SYNTHETIC_CLASSES, make_synthetic_coco
 from deform_viz.dump import load_offset_dump, offset_dump_paths
-from deform_viz.engine import build_runner, synthetic_data_options, trust_local_checkpoints
+from deform_viz.engine import build_runner, trust_local_checkpoints, use_synthetic_data
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SMALL_CONFIG = osp.join(REPO, 'configs', 'synthetic', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
@@ -106,7 +106,7 @@ def measure_size(work_dir: str) -> None:
 
 def small_runner(data_root: str, work_dir: str, checkpoint, dump_dir=None):
     from deform_viz.engine import load_config
-    cfg = load_config(SMALL_CONFIG, synthetic_data_options(data_root), work_dir)
+    cfg = use_synthetic_data(load_config(SMALL_CONFIG, work_dir=work_dir), data_root)
     cfg.load_from = checkpoint
     cfg.custom_hooks = [dict(type='_TestEpochTimer')]
     if dump_dir is not None:

@@ -3,12 +3,12 @@
     python tools/demo.py [--work-dir work_dirs/demo] [--data-root data/synthetic] [--retrain] [--quick]
 
 1. generates the synthetic shapes dataset (deform_viz.datasets), reused when already complete;
-2. trains the small Faster R-CNN with deformable convs in c3-c5 (tools/train.py), resuming or
-   reusing a finished run unless --retrain;
+2. trains the small Faster R-CNN with deformable convs in c3-c5 (deform_viz.engine.train),
+   resuming or reusing a finished run unless --retrain;
 3. evaluates it with COCO metrics while OffsetDumpHook dumps the offsets of every val image
-   (tools/test.py --dump-offsets);
-4. draws Figures 1-3 and sampling locations for a few val images (tools/visualize_offsets.py);
-5. measures the offsets against the ground truth (tools/analyze_offsets.py);
+   (deform_viz.engine.evaluate with dump_offsets);
+4. draws Figures 1-3 and sampling locations for a few val images (deform_viz.visualization);
+5. measures the offsets against the ground truth (deform_viz.analysis.analyze_offsets);
 and prints where everything is and the headline numbers. ``--quick`` shrinks every step so the
 whole pipeline runs in about a minute (used by the tests).
 """
@@ -18,8 +18,12 @@ import os.path as osp
 import shutil
 import time
 
+from mmengine.config import DictAction
+
+from deform_viz.analysis import analyze_offsets, format_markdown, iter_dumps
 from deform_viz.datasets import make_synthetic_coco
-from deform_viz.engine import cfg_options_argv, load_tool, synthetic_data_options
+from deform_viz.engine import evaluate, load_config, set_epochs, train, use_synthetic_data
+from deform_viz.visualization import FIGURES, figure_path, render_dump, save_figure
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'synthetic', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
@@ -35,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='tiny dataset and 2 short epochs: checks the pipeline, learns nothing')
     parser.add_argument('--figure-images', type=int, default=3, help='val images to draw (default 3)')
-    parser.add_argument('--cfg-options', nargs='+', default=[],
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='extra key=value overrides for the training config')
     return parser.parse_args(argv)
 
@@ -75,34 +79,38 @@ def main(argv=None) -> dict:
     data = make_synthetic_coco(args.data_root, seed=0, **size)
     print(f"{data['out_dir']}: {data['splits']['train']['images']} train / {data['splits']['val']['images']} val images"
           f"{' (reused)' if data['reused'] else ''}")
-    options = synthetic_data_options(data['out_dir'], size['image_size'])
-    if args.quick:
-        options.update({'train_cfg.max_epochs': 2, 'train_cfg.val_interval': 2,
-                        'default_hooks.checkpoint.interval': 2, 'default_hooks.logger.interval': 1,
-                        'param_scheduler.0.end': 4})
-    data_options = cfg_options_argv(options)
+
+    def config(work_dir):
+        cfg = load_config(CONFIG, args.cfg_options, work_dir)
+        use_synthetic_data(cfg, data['out_dir'], size['image_size'])
+        if args.quick:
+            set_epochs(cfg, 2, warmup_iters=4)
+            cfg.default_hooks.logger.interval = 1
+        return cfg
 
     step('2/5 train (mmengine log below)')
     if args.retrain and osp.isdir(train_dir):
         shutil.rmtree(train_dir)
-    load_tool('train').main([CONFIG, '--work-dir', train_dir, '--resume',
-                             '--cfg-options', *data_options, *args.cfg_options])
+    train(config(train_dir), resume='auto')
     with open(osp.join(train_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
 
     step('3/5 evaluate with COCO metrics and dump offsets')
     shutil.rmtree(dump_dir, ignore_errors=True)  # dumps belong to one checkpoint
-    metrics = load_tool('test').main([CONFIG, checkpoint, '--work-dir', test_dir, '--dump-offsets', dump_dir,
-                                      '--cfg-options', *data_options, *args.cfg_options])
+    metrics = evaluate(config(test_dir), checkpoint, dump_offsets=dump_dir)
 
     step('4/5 figures')
     shutil.rmtree(figure_dir, ignore_errors=True)
-    figures = load_tool('visualize_offsets').main([dump_dir, '--out', figure_dir, '--layer', *FIGURE_LAYERS,
-                                                   '--max-images', str(args.figure_images)])
+    figures = [save_figure(fig, figure_path(figure_dir, dump.meta['img_id'], layer, kind))
+               for dump in iter_dumps(dump_dir, max_images=args.figure_images)
+               for layer, kind, fig in render_dump(dump, FIGURE_LAYERS, list(FIGURES))]
+    print(f'wrote {len(figures)} figures to {figure_dir}')
 
     step('5/5 offset analysis')
-    report = load_tool('analyze_offsets').main([dump_dir, '--ann', data['splits']['val']['ann_file'],
-                                                '--out', report_file])
+    report = analyze_offsets(dump_dir, data['splits']['val']['ann_file'])
+    print(format_markdown(report))
+    with open(report_file, 'w') as f:
+        json.dump(report, f, indent=1, allow_nan=False)
 
     numbers = {'bbox_mAP': metrics.get('coco/bbox_mAP'), **headline(report)}
     summary = {'checkpoint': checkpoint, 'dump_dir': dump_dir, 'figure_dir': figure_dir,

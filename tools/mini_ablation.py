@@ -20,7 +20,7 @@ import time
 from mmengine.config import Config
 
 from deform_viz.datasets import make_synthetic_coco
-from deform_viz.engine import cfg_options_argv, load_tool, synthetic_data_options
+from deform_viz.engine import evaluate, load_config, set_epochs, train, use_synthetic_data
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'synthetic')
 # (row name, baseline/d_f/d_k marks as in the paper, config file)
@@ -51,12 +51,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def schedule_options(epochs: int) -> dict:
-    """Shrink the config's schedule to ``epochs``, LR steps at 3/4 and 11/12 of it."""
-    milestones = sorted({max(1, round(epochs * 0.75)), max(1, round(epochs * 11 / 12))})
-    return {'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs,
-            'default_hooks.checkpoint.interval': epochs, 'param_scheduler.1.end': epochs,
-            'param_scheduler.1.milestones': milestones}
+def milestones(epochs: int) -> list:
+    """LR steps at 3/4 and 11/12 of a schedule of ``epochs``."""
+    return sorted({max(1, round(epochs * 0.75)), max(1, round(epochs * 11 / 12))})
+
+
+def run_config(config: str, work_dir: str, settings: dict):
+    """``config`` on the generated data, with the run's seed and (if set) its number of epochs."""
+    cfg = load_config(config, {'randomness.seed': settings['seed']}, work_dir)
+    use_synthetic_data(cfg, settings['data_root'], settings['image_size'])
+    if settings['epochs'] is not None:
+        set_epochs(cfg, settings['epochs'], milestones(settings['epochs']))
+    return cfg
 
 
 def bbox_ap(metrics: dict) -> float:
@@ -81,25 +87,23 @@ def check_settings(run_dir: str, options: dict) -> None:
         json.dump(settings, f, indent=2)
 
 
-def train_and_test(config: str, run_dir: str, options: dict) -> float:
+def train_and_test(config: str, run_dir: str, settings: dict) -> float:
     """Train (or reuse a finished run) and return its test bbox AP, cached in ``run_dir``."""
-    check_settings(run_dir, options)
+    check_settings(run_dir, settings)
     result_file = osp.join(run_dir, 'result.json')
     if osp.isfile(result_file):
         with open(result_file) as f:
             return json.load(f)['bbox_mAP']
-    argv = cfg_options_argv(options)
-    load_tool('train').main([config, '--work-dir', run_dir, '--resume', '--cfg-options', *argv])
+    train(run_config(config, run_dir, settings), resume='auto')
     with open(osp.join(run_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
-    ap = bbox_ap(load_tool('test').main([config, checkpoint, '--work-dir', osp.join(run_dir, 'test'),
-                                         '--cfg-options', *argv]))
+    ap = bbox_ap(evaluate(run_config(config, osp.join(run_dir, 'test'), settings), checkpoint))
     with open(result_file, 'w') as f:
         json.dump({'bbox_mAP': ap, 'checkpoint': checkpoint}, f)
     return ap
 
 
-def project_at_test(config: str, run_dir: str, options: dict, component: str) -> float:
+def project_at_test(config: str, run_dir: str, settings: dict, component: str) -> float:
     """Evaluate a trained full-DCN run with its offsets projected to ``component`` at test time."""
     result_file = osp.join(run_dir, f'result_test-{component}.json')
     if osp.isfile(result_file):
@@ -107,9 +111,9 @@ def project_at_test(config: str, run_dir: str, options: dict, component: str) ->
             return json.load(f)['bbox_mAP']
     with open(osp.join(run_dir, 'result.json')) as f:
         checkpoint = json.load(f)['checkpoint']
-    argv = cfg_options_argv({**options, 'model.backbone.dcn.component': component})
-    ap = bbox_ap(load_tool('test').main([config, checkpoint, '--work-dir',
-                                         osp.join(run_dir, f'test-{component}'), '--cfg-options', *argv]))
+    cfg = run_config(config, osp.join(run_dir, f'test-{component}'), settings)
+    cfg.model.backbone.dcn.component = component
+    ap = bbox_ap(evaluate(cfg, checkpoint))
     with open(result_file, 'w') as f:
         json.dump({'bbox_mAP': ap, 'checkpoint': checkpoint}, f)
     return ap
@@ -138,11 +142,9 @@ def main(argv=None) -> dict:
     size = (args.image_size, args.image_size)
     data = make_synthetic_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
                                image_size=size, seed=0)
-    options = synthetic_data_options(data['out_dir'], size)
+    settings = {'data_root': data['out_dir'], 'image_size': size, 'epochs': args.epochs}
     if args.epochs is None:  # the configs' own schedule (they share one base)
         args.epochs = Config.fromfile(osp.join(CONFIG_DIR, ROWS[0][-1])).train_cfg.max_epochs
-    else:
-        options.update(schedule_options(args.epochs))
     rows = [r for r in ROWS if r[0] in args.rows]
     results, marks = {}, {}
     for name, base, df, dk, config_name in rows:
@@ -151,12 +153,12 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             run_dir = osp.join(osp.abspath(args.work_dir), osp.splitext(config_name)[0], f'seed{seed}')
             print(f'\n=== {name}, seed {seed} ===', flush=True)
-            ap = train_and_test(config, run_dir, {**options, 'randomness.seed': seed})
+            ap = train_and_test(config, run_dir, {**settings, 'seed': seed})
             results.setdefault(name, []).append(ap)
             if name == FULL_DCN:
                 for projected, component in TEST_TIME_PROJECTIONS:
                     results.setdefault(projected, []).append(
-                        project_at_test(config, run_dir, {**options, 'randomness.seed': seed}, component))
+                        project_at_test(config, run_dir, {**settings, 'seed': seed}, component))
     minutes = (time.time() - start) / 60
     # order: the paper's rows, then DK, then the test-time projections
     ordered = {name: results[name] for name in [r[0] for r in rows] + [p[0] for p in TEST_TIME_PROJECTIONS]

@@ -11,7 +11,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import build_runner, close_distributed, load_config, trust_local_checkpoints
+from deform_viz.engine import evaluate, load_config
 
 
 def parse_args(argv=None):
@@ -43,24 +43,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
-    if args.dump_offsets:
-        from deform_viz.hooks import add_offset_dump_hook
-        add_offset_dump_hook(cfg, args.dump_offsets, **(args.dump_options or {}))
-    if args.show_dir:
-        from mmdet.engine.hooks.utils import trigger_visualization_hook
-        args.show, args.wait_time = False, 0
-        cfg = trigger_visualization_hook(cfg, args)
-    trust_local_checkpoints()
-    runner = build_runner(cfg)
-    if args.out is not None:
-        from mmdet.evaluation import DumpDetResults
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out must name a .pkl file, got {args.out}')
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
-    close_distributed()
-    return metrics
+    return evaluate(cfg, args.checkpoint, dump_offsets=args.dump_offsets, dump_options=args.dump_options,
+                    out=args.out, show_dir=args.show_dir)
 
 
 if __name__ == '__main__':

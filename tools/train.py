@@ -10,7 +10,7 @@ import os
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
-from deform_viz.engine import build_runner, close_distributed, load_config, trust_local_checkpoints
+from deform_viz.engine import load_config, train
 
 
 def parse_args(argv=None):
@@ -37,26 +37,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
-    if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {args.config}')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    trust_local_checkpoints()
-    runner = build_runner(cfg)
-    try:
-        runner.train()
-    except Exception:  # in the run's log too, so tools/collect_results.py can say why it stopped
-        runner.logger.exception('training crashed')
-        raise
-    close_distributed()
-    return runner
+    return train(cfg, amp=args.amp, auto_scale_lr=args.auto_scale_lr, resume=args.resume)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,9 @@
 """Short real runs of the COCO configs on the embedded synthetic dataset, shared by
 tests/configs/test_configs.py and tests/tools/test_collect_results.py.
 
-Every run goes through ``tools/train.py`` / ``tools/test.py`` (their ``main(argv)``, in process, so
-torch and mmdet are imported once), with ``--cfg-options`` that point the COCO config at the
-synthetic data, shrink images to 128 px, take 2 training images (one iteration of 2) and
+Every run goes through ``deform_viz.engine.train`` / ``evaluate`` (what tools/train.py and
+tools/test.py call, in process, so torch and mmdet are imported once), with config edits that point
+the COCO config at the synthetic data, shrink images to 128 px, take 2 training images (one iteration of 2) and
 2 validation images, switch the ImageNet weights off and validate after that one iteration with
 mmdet's CocoMetric. Runs are cached per pytest session: each config trains at most once.
 """
@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
-from deform_viz.engine import cfg_options_argv, load_tool  # noqa: F401  (load_tool used by test modules)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COCO_CONFIG_DIRS = ('revisiting_dcn', 'deformable_kernels', 'test_time_projection')
@@ -38,15 +37,13 @@ def all_configs() -> List[str]:
     return sorted(p for p in paths if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
 
 
-def _resize_index(pipeline) -> int:
-    return next(i for i, t in enumerate(pipeline) if t['type'] in ('Resize', 'RandomResize'))
-
-
-def synthetic_options(config: str, data_root: str, *, name: str, checkpoint: bool = False) -> Dict:
-    """The overrides that turn a COCO config into a one-iteration CPU run on the synthetic data."""
+def synthetic_config(config: str, data_root: str, work_dir: str, *, name: str, checkpoint: bool = False,
+                     **cfg_options):
+    """A COCO config turned into a one-iteration CPU run on the synthetic data (and ``cfg_options``)."""
     from mmengine.config import Config
 
     from deform_viz.datasets import SYNTHETIC_CLASSES
+    from deform_viz.engine import load_config, set_image_scale
     cfg = Config.fromfile(config)
     root = osp.join(data_root, '')
     opts = {
@@ -86,15 +83,10 @@ def synthetic_options(config: str, data_root: str, *, name: str, checkpoint: boo
             f'{loader}.dataset.metainfo.classes': tuple(SYNTHETIC_CLASSES),
             f'{loader}.dataset.indices': 2,
         })
-        index = _resize_index(cfg[loader].dataset.pipeline)
-        opts[f'{loader}.dataset.pipeline.{index}.scale'] = IMAGE_SCALE
     for split in ('val', 'test'):
         opts[f'{split}_evaluator.ann_file'] = root + 'annotations/instances_val.json'
-    return opts
-
-
-def argv_options(options: Dict) -> List[str]:
-    return ['--cfg-options', *cfg_options_argv(options)]
+    cfg = load_config(config, {**opts, **cfg_options}, work_dir)
+    return set_image_scale(cfg, IMAGE_SCALE)
 
 
 @dataclass
@@ -158,17 +150,18 @@ def single_thread():
 
 
 def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool = False) -> RunResult:
-    """tools/train.py on ``config`` for one iteration + validation (once per session)."""
+    """``train`` on ``config`` for one iteration + validation (once per session)."""
     stem = osp.splitext(osp.basename(config))[0]
     key = f'train:{stem}:{base_dir}'
     cached = _CACHE.get(key)
     if cached is not None and (cached.checkpoint or not checkpoint):
         return cached
+    from deform_viz.engine import train
     work_dir = osp.join(base_dir, stem)
-    options = synthetic_options(config, data_root, name=stem, checkpoint=checkpoint)
+    cfg = synthetic_config(config, data_root, work_dir, name=stem, checkpoint=checkpoint)
     start = time.perf_counter()
     with single_thread():
-        runner = load_tool('train').main([config, '--work-dir', work_dir, *argv_options(options)])
+        runner = train(cfg)
     result = _summarize(runner, config, work_dir, time.perf_counter() - start)
     del runner
     gc.collect()
@@ -180,16 +173,17 @@ def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool =
 
 
 def evaluate_once(config: str, checkpoint: str, data_root: str, base_dir: str) -> RunResult:
-    """tools/test.py on ``checkpoint`` with ``config`` (once per session)."""
+    """``evaluate`` on ``checkpoint`` with ``config`` (once per session)."""
     stem = osp.splitext(osp.basename(config))[0]
     key = f'test:{stem}:{checkpoint}:{base_dir}'
     if key in _CACHE:
         return _CACHE[key]
+    from deform_viz.engine import evaluate
     work_dir = osp.join(base_dir, stem)
-    options = synthetic_options(config, data_root, name=stem)
+    cfg = synthetic_config(config, data_root, work_dir, name=stem)
     start = time.perf_counter()
     with single_thread():
-        metrics = load_tool('test').main([config, checkpoint, '--work-dir', work_dir, *argv_options(options)])
+        metrics = evaluate(cfg, checkpoint)
     gc.collect()
     result = RunResult(config=config, work_dir=work_dir, seconds=time.perf_counter() - start,
                        metrics=dict(metrics), checkpoint=checkpoint)

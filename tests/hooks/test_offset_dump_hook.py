@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_CONFIG_DIR, REPO
-from deform_viz.engine import cfg_options_argv, load_tool
+from conftest import CPU_CONFIG_DIR, REPO, synthetic_config
+from deform_viz.engine import evaluate, set_image_scale
 from deform_viz.dump import OffsetDumpError, iter_offset_dumps, load_offset_dump, offset_dump_paths
 
 SCALE = 136  # 160 px images resized to 136, padded to 160: the last cells of each map are padding
@@ -30,22 +30,19 @@ def val_image_ids(data_root):
         return sorted(image['id'] for image in json.load(f)['images'])
 
 
-def eval_options(tiny, **extra):
-    options = dict(tiny.cfg_options)
-    options['test_dataloader.dataset.pipeline.1.scale'] = (SCALE, SCALE)
-    options.update(extra)
-    return options
+def eval_config(tiny, tmp_path, config=None, splits=('test',), **cfg_options):
+    """The tiny detector's config (or ``config``) on its data, ``splits`` resized to SCALE."""
+    cfg = synthetic_config(config or tiny.config, tiny.data_root, str(tmp_path / 'work'), cfg_options)
+    return set_image_scale(cfg, (SCALE, SCALE), splits)
 
 
-def run_test_tool(tiny, tmp_path, *args, **extra_options):
-    argv = [tiny.config, tiny.checkpoint, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-            *cfg_options_argv(eval_options(tiny, **extra_options)), *args]
-    return load_tool('test').main(argv)
+def run_test_tool(tiny, tmp_path, dump_offsets=None, dump_options=None, **cfg_options):
+    return evaluate(eval_config(tiny, tmp_path, **cfg_options), tiny.checkpoint,
+                    dump_offsets=dump_offsets and str(dump_offsets), dump_options=dump_options)
 
 
-def build_runner(config, tmp_path, options, hook=None, checkpoint=None, extra_hooks=()):
-    from deform_viz.engine import trust_local_checkpoints, build_runner, load_config
-    cfg = load_config(config, options, str(tmp_path / 'work'))
+def build_runner(cfg, hook=None, checkpoint=None, extra_hooks=()):
+    from deform_viz.engine import trust_local_checkpoints, build_runner
     cfg.load_from = checkpoint
     cfg.custom_hooks = ([dict(type='OffsetDumpHook', **hook)] if hook else []) + list(extra_hooks)
     trust_local_checkpoints()
@@ -127,13 +124,12 @@ def check_against_layer(dump, captured, kinds):
 def test_dump_through_test_tool(tiny_checkpoint, tmp_path):
     """A trained checkpoint evaluated by tools/test.py --dump-offsets: one correct file per image."""
     dump_dir = tmp_path / 'dumps'
-    run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir))
+    run_test_tool(tiny_checkpoint, tmp_path, dump_dir)
     ids = val_image_ids(tiny_checkpoint.data_root)
     assert [p.name for p in offset_dump_paths(dump_dir)] == [f'{i}.npz' for i in ids]
     assert not [p for p in os.listdir(dump_dir) if not p.endswith('.npz')]  # no temp files
 
-    runner = build_runner(tiny_checkpoint.config, tmp_path, eval_options(tiny_checkpoint),
-                          checkpoint=tiny_checkpoint.checkpoint)
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path), checkpoint=tiny_checkpoint.checkpoint)
     runner.load_checkpoint(tiny_checkpoint.checkpoint, map_location='cpu')
     expected_layers = [f'backbone.layer{stage}.{block}.conv2'
                        for stage, blocks in ((2, 4), (3, 6), (4, 3)) for block in range(blocks)]
@@ -170,9 +166,9 @@ def test_dump_through_test_tool(tiny_checkpoint, tmp_path):
 @pytest.mark.slow
 def test_dump_options_from_command_line(tiny_checkpoint, tmp_path):
     dump_dir = tmp_path / 'dumps'
-    run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir), '--dump-options',
-                  'layers=backbone.layer4.*,re:backbone\\.layer3\\.[05]\\.conv2',
-                  'components=d_f,divergence', 'dtype=float32', 'max_images=3')
+    run_test_tool(tiny_checkpoint, tmp_path, dump_dir, dict(
+        layers=['backbone.layer4.*', 're:backbone\\.layer3\\.[05]\\.conv2'],
+        components=['d_f', 'divergence'], dtype='float32', max_images=3))
     dumps = list(iter_offset_dumps(dump_dir))
     assert [d.img_id for d in dumps] == val_image_ids(tiny_checkpoint.data_root)[:3]
     assert list(dumps[0].layers) == ['backbone.layer4.0.conv2', 'backbone.layer4.1.conv2',
@@ -186,13 +182,11 @@ def test_dump_options_from_command_line(tiny_checkpoint, tmp_path):
 
 def test_bad_dump_options_fail_before_the_model_is_built(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="unknown components.*'d_x'"):
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(tmp_path / 'd'),
-                      '--dump-options', 'components=d_x')
+        run_test_tool(tiny_checkpoint, tmp_path, tmp_path / 'd', dict(components='d_x'))
     with pytest.raises(ValueError, match='bad --dump-options.*max_imgs'):
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(tmp_path / 'd'),
-                      '--dump-options', 'max_imgs=3')
-    with pytest.raises(SystemExit):
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-options', 'max_images=3')
+        run_test_tool(tiny_checkpoint, tmp_path, tmp_path / 'd', dict(max_imgs=3))
+    with pytest.raises(ValueError, match='dump options need a dump directory'):
+        run_test_tool(tiny_checkpoint, tmp_path, dump_options=dict(max_images=3))
     assert not (tmp_path / 'd').exists()
 
 
@@ -201,7 +195,7 @@ def test_unwritable_dir_fails_before_the_first_batch(tiny_checkpoint, tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
     with pytest.raises(PermissionError, match=r'cannot write offset dumps to .*a_file/dumps') as info:
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(blocker / 'dumps'))
+        run_test_tool(tiny_checkpoint, tmp_path, blocker / 'dumps')
     frames = [frame.name for frame in traceback.extract_tb(info.tb)]
     assert 'before_test_epoch' in frames and 'run_iter' not in frames
 
@@ -212,15 +206,13 @@ def test_existing_dumps_are_kept_and_resume_completes(tiny_checkpoint, tmp_path)
     dump_dir = tmp_path / 'dumps'
     ids = val_image_ids(tiny_checkpoint.data_root)[:5]
     subset = {'test_dataloader.dataset.indices': 5}
-    run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir),
-                  '--dump-options', 'max_images=3', **subset)
+    run_test_tool(tiny_checkpoint, tmp_path, dump_dir, dict(max_images=3), **subset)
     first = {p.name: p.stat().st_mtime_ns for p in offset_dump_paths(dump_dir)}
     assert sorted(first) == sorted(f'{i}.npz' for i in ids[:3])
 
     with pytest.raises(FileExistsError, match='already holds 3 offset dumps.*resume=True'):
-        run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir), **subset)
-    run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(dump_dir),
-                  '--dump-options', 'resume=True', **subset)
+        run_test_tool(tiny_checkpoint, tmp_path, dump_dir, **subset)
+    run_test_tool(tiny_checkpoint, tmp_path, dump_dir, dict(resume=True), **subset)
     paths = offset_dump_paths(dump_dir)
     assert [p.name for p in paths] == [f'{i}.npz' for i in ids]
     assert all(p.stat().st_mtime_ns == first[p.name] for p in paths if p.name in first)
@@ -253,9 +245,8 @@ def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
     _register_interrupt_hook()
     dump_dir = tmp_path / 'dumps'
     ids = val_image_ids(tiny_checkpoint.data_root)[:6]
-    options = eval_options(tiny_checkpoint, **{'test_dataloader.batch_size': 2,
-                                               'test_dataloader.dataset.indices': 6})
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options, dict(out_dir=str(dump_dir)),
+    options = {'test_dataloader.batch_size': 2, 'test_dataloader.dataset.indices': 6}
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path, **options), dict(out_dir=str(dump_dir)),
                           tiny_checkpoint.checkpoint,
                           [dict(type='InterruptAtBatchForTest', at=1)])
     with pytest.raises(_Interrupt):
@@ -265,7 +256,7 @@ def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
     (dump_dir / f'.{ids[3]}.npz.x1y2.tmp').write_bytes(b'PK\x03\x04 half')  # a killed writer
     stamps = {name: (dump_dir / name).stat().st_mtime_ns for name in written}
 
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path, **options),
                           dict(out_dir=str(dump_dir), resume=True), tiny_checkpoint.checkpoint)
     runner.test()
     assert sorted(os.listdir(dump_dir)) == sorted(f'{i}.npz' for i in ids)
@@ -280,12 +271,10 @@ def test_exception_mid_epoch_then_resume(tiny_checkpoint, tmp_path):
 @pytest.mark.slow
 def test_byte_budget_stops_with_one_warning(tiny_checkpoint, tmp_path):
     probe = tmp_path / 'probe'
-    run_test_tool(tiny_checkpoint, tmp_path, '--dump-offsets', str(probe),
-                  **{'test_dataloader.dataset.indices': 1})
+    run_test_tool(tiny_checkpoint, tmp_path, probe, **{'test_dataloader.dataset.indices': 1})
     size = offset_dump_paths(probe)[0].stat().st_size
     dump_dir = tmp_path / 'dumps'
-    options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 4})
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path, **{'test_dataloader.dataset.indices': 4}),
                           dict(out_dir=str(dump_dir), max_bytes=int(size * 2.5)),
                           tiny_checkpoint.checkpoint)
     from mmengine.logging import MMLogger
@@ -336,12 +325,11 @@ def test_every_layer_type_is_dumped_as_computed(variant, tiny_checkpoint, tmp_pa
     if MODELS.get(dcn['type']) is None:
         pytest.skip(f'layer {dcn["type"]} is not available yet')
     dump_dir = tmp_path / 'dumps'
-    options = eval_options(tiny_checkpoint, **{
+    cfg = eval_config(tiny_checkpoint, tmp_path, **{
         'model.backbone.dcn': dict(_delete_=True, fallback_on_stride=False, **dcn),
         'model.backbone.stage_with_dcn': (False, False, True, True),
         'test_dataloader.dataset.indices': 1})
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
-                          dict(out_dir=str(dump_dir), components='all'))
+    runner = build_runner(cfg, dict(out_dir=str(dump_dir), components='all'))
     generator = torch.Generator().manual_seed(0)
     for module in runner.model.modules():
         for part in ('conv_offset', 'conv_data_offset'):
@@ -372,14 +360,15 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
     image 0); every image is written exactly once."""
     dump_dir = tmp_path / 'dumps'
     ids = val_image_ids(tiny_checkpoint.data_root)
-    options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 7,
-                                               'test_dataloader.batch_size': 2})
+    config = str(tmp_path / 'config.py')
+    eval_config(tiny_checkpoint, tmp_path, **{'test_dataloader.dataset.indices': 7,
+                                              'test_dataloader.batch_size': 2}).dump(config)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                osp.join(REPO, 'tools', 'test.py'),
-               tiny_checkpoint.config, tiny_checkpoint.checkpoint,
+               config, tiny_checkpoint.checkpoint,
                '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work'),
-               '--cfg-options', *cfg_options_argv(options), '--dump-offsets', str(dump_dir)]
+               '--dump-offsets', str(dump_dir)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -393,10 +382,9 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_val_loop_is_dumped_too(tiny_checkpoint, tmp_path):
-    options = eval_options(tiny_checkpoint, **{'val_dataloader.dataset.indices': 2,
-                                               'val_dataloader.dataset.pipeline.1.scale': (SCALE, SCALE)})
+    cfg = eval_config(tiny_checkpoint, tmp_path, splits=('val', 'test'), **{'val_dataloader.dataset.indices': 2})
     dump_dir = tmp_path / 'dumps'
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
+    runner = build_runner(cfg,
                           dict(out_dir=str(dump_dir), layers='backbone.layer4.*'),
                           tiny_checkpoint.checkpoint)
     runner.val()
@@ -409,8 +397,7 @@ def test_val_loop_is_dumped_too(tiny_checkpoint, tmp_path):
 # ---------------------------------------------------------------------------- disabled / errors
 @pytest.mark.slow
 def test_no_hook_no_work(tiny_checkpoint, tmp_path):
-    options = eval_options(tiny_checkpoint, **{'test_dataloader.dataset.indices': 2})
-    runner = build_runner(tiny_checkpoint.config, tmp_path, options,
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path, **{'test_dataloader.dataset.indices': 2}),
                           checkpoint=tiny_checkpoint.checkpoint)
     runner.test()
     assert not any(type(h).__name__ == 'OffsetDumpHook' for h in runner.hooks)
@@ -418,7 +405,7 @@ def test_no_hook_no_work(tiny_checkpoint, tmp_path):
 
 
 def test_layer_patterns_matching_nothing_are_errors(tiny_checkpoint, tmp_path):
-    runner = build_runner(tiny_checkpoint.config, tmp_path, eval_options(tiny_checkpoint),
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path),
                           dict(out_dir=str(tmp_path / 'd'), layers=['backbone.layer9.*']))
     with pytest.raises(ValueError, match=r"'backbone.layer9.\*' matches no deformable layer.*"
                        r"backbone.layer2.0.conv2"):
@@ -428,8 +415,7 @@ def test_layer_patterns_matching_nothing_are_errors(tiny_checkpoint, tmp_path):
 
 def test_model_without_deformable_layers_is_an_error(tiny_checkpoint, tmp_path):
     baseline = osp.join(CPU_CONFIG_DIR, 'faster-rcnn_r50-w16_fpn_synthetic.py')
-    runner = build_runner(baseline, tmp_path, eval_options(tiny_checkpoint),
-                          dict(out_dir=str(tmp_path / 'd')))
+    runner = build_runner(eval_config(tiny_checkpoint, tmp_path, baseline), dict(out_dir=str(tmp_path / 'd')))
     with pytest.raises(ValueError, match='no deformable layer in its backbone'):
         runner.test()
 

@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
+from deform_viz.engine import train
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'configs'))
-from coco_runs import (argv_options, config_path, evaluate_once, load_tool,  # noqa: E402
-                       single_thread, synthetic_options, train_once)
+from coco_runs import config_path, evaluate_once, single_thread, synthetic_config, train_once  # noqa: E402
+from conftest import import_tool  # noqa: E402
 
 from deform_viz.paper_results import PAPER_ROWS, TABLES, paper_rows  # noqa: E402
 
@@ -27,7 +29,7 @@ FASTER_TEST_DF = config_path('test_time_projection', 'faster-rcnn_r50-dconv-c3-c
 
 @pytest.fixture(scope='module')
 def tool():
-    return load_tool('collect_results')
+    return import_tool('collect_results')
 
 
 @pytest.fixture(scope='module')
@@ -42,19 +44,18 @@ def runs(synthetic_data_root, tmp_path_factory):
     done['dkernel-local'] = train_once(FASTER_DK_LOCAL, synthetic_data_root, base)
     done['test-df'] = evaluate_once(FASTER_TEST_DF, done['dcn'].checkpoint, synthetic_data_root, base)
 
-    train = load_tool('train')
     # 1) trains its iteration, then validation cannot read its images
     crashed_val = osp.join(base, 'crashed-in-val')
-    options = synthetic_options(FASTER['baseline'], synthetic_data_root, name='crashed_val')
-    options['val_dataloader.dataset.data_prefix.img'] = 'no-such-folder/'
+    cfg = synthetic_config(FASTER['baseline'], synthetic_data_root, crashed_val, name='crashed_val',
+                           **{'val_dataloader.dataset.data_prefix.img': 'no-such-folder/'})
     with pytest.raises(FileNotFoundError), single_thread():
-        train.main([FASTER['baseline'], '--work-dir', crashed_val, *argv_options(options)])
+        train(cfg)
     # 2) the FPN expects other channels than the backbone gives: fails in the first forward pass
     crashed_first = osp.join(base, 'crashed-at-start')
-    options = synthetic_options(FASTER['baseline'], synthetic_data_root, name='crashed_first')
-    options['model.neck.in_channels'] = [8, 8, 8, 8]
+    cfg = synthetic_config(FASTER['baseline'], synthetic_data_root, crashed_first, name='crashed_first',
+                           **{'model.neck.in_channels': [8, 8, 8, 8]})
     with pytest.raises(RuntimeError), single_thread():
-        train.main([FASTER['baseline'], '--work-dir', crashed_first, *argv_options(options)])
+        train(cfg)
     return dict(base=base, done=done, crashed_val=crashed_val, crashed_first=crashed_first)
 
 

@@ -6,27 +6,25 @@ import os.path as osp
 import pytest
 from PIL import Image
 
-from conftest import cfg_options_argv, load_tool
+from conftest import import_tool, synthetic_config
+from deform_viz.engine import evaluate, set_image_scale
 
 LAYER = 'backbone.layer3.0.conv2'
 
 
-def eval_options(tiny):
-    options = dict(tiny.cfg_options)
-    options['test_dataloader.dataset.pipeline.1.scale'] = (136, 136)   # resized: scale factor 0.85
-    options['val_dataloader.dataset.pipeline.1.scale'] = (136, 136)
-    return options
+def eval_config(tiny, tmp_path):
+    cfg = synthetic_config(tiny.config, tiny.data_root, str(tmp_path / 'work'))
+    return set_image_scale(cfg, (136, 136), splits=('val', 'test'))   # resized: scale factor 0.85
 
 
 @pytest.mark.slow
 def test_tools_on_a_real_dump(tiny_checkpoint, tmp_path, capsys):
     dump_dir = tmp_path / 'dumps'
-    load_tool('test').main([tiny_checkpoint.config, tiny_checkpoint.checkpoint, '--work-dir', str(tmp_path / 'work'),
-                            '--cfg-options', *cfg_options_argv(eval_options(tiny_checkpoint)),
-                            '--dump-offsets', str(dump_dir), '--dump-options', 'max_images=2'])
+    evaluate(eval_config(tiny_checkpoint, tmp_path), tiny_checkpoint.checkpoint, dump_offsets=str(dump_dir),
+             dump_options=dict(max_images=2))
     assert len(glob.glob(str(dump_dir / '*.npz'))) == 2
 
-    written = load_tool('visualize_offsets').main([str(dump_dir), '--layer', LAYER, '--max-images', '1',
+    written = import_tool('visualize_offsets').main([str(dump_dir), '--layer', LAYER, '--max-images', '1',
                                                    '--out', str(tmp_path / 'figs'), '--dpi', '60'])
     assert len(written) == 4
     for path in written:
@@ -34,7 +32,7 @@ def test_tools_on_a_real_dump(tiny_checkpoint, tmp_path, capsys):
             assert im.size[0] == 390 and im.size[1] > 200
 
     ann = osp.join(tiny_checkpoint.data_root, 'annotations', 'instances_val.json')
-    report = load_tool('analyze_offsets').main([str(dump_dir), '--ann', ann, '--out', str(tmp_path / 'r.json')])
+    report = import_tool('analyze_offsets').main([str(dump_dir), '--ann', ann, '--out', str(tmp_path / 'r.json')])
     assert 'Effective dilation by region (2 images)' in capsys.readouterr().out
     assert len(report['layers']) == 13                          # every DCN layer of c3-c5
     layer = report['layers'][LAYER]
@@ -46,8 +44,8 @@ def test_tools_on_a_real_dump(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_figure_hook_in_a_validation_run(tiny_checkpoint, tmp_path):
-    from deform_viz.engine import trust_local_checkpoints, build_runner, load_config
-    cfg = load_config(tiny_checkpoint.config, eval_options(tiny_checkpoint), str(tmp_path / 'work'))
+    from deform_viz.engine import trust_local_checkpoints, build_runner
+    cfg = eval_config(tiny_checkpoint, tmp_path)
     cfg.load_from = tiny_checkpoint.checkpoint
     # a fresh visualizer: mmengine reuses an existing instance of the same name (and its save_dir)
     cfg.visualizer.name = f'offset-figures-{tmp_path.name}'

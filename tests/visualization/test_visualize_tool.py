@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_tool
+from conftest import REPO, import_tool
 from analysis.synthetic_dumps import scaled_kernel_field, write_dump, write_image
 
 
 @pytest.fixture(scope='module')
 def visualize():
-    return load_tool('visualize_offsets').main
+    return import_tool('visualize_offsets').main
 
 
 @pytest.fixture
