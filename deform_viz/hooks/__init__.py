@@ -1,5 +1,14 @@
-"""Runner hooks: ``OffsetDumpHook`` records offset fields during val/test (registered in mmengine's HOOKS)."""
-from .offset_dump_hook import OffsetDumpHook, add_offset_dump_hook
-from .offset_figure_hook import OffsetFigureHook
+"""Runner hooks (registered in mmengine's HOOKS, configured by ``custom_hooks``).
 
-__all__ = ['OffsetDumpHook', 'OffsetFigureHook', 'add_offset_dump_hook']
+``OffsetDumpHook`` writes offset fields during val/test, ``OffsetFigureHook`` draws them into the
+visualizer during validation.
+"""
+from .hook_config import add_offset_dump_hook
+from .offset_dump_hook import OffsetDumpHook
+from .offset_figure_hook import OffsetFigureHook
+from .recording import LayerRecording, OffsetRecorder, describe_deformable, select_offset_layers
+
+__all__ = [
+    'OffsetDumpHook', 'OffsetFigureHook', 'add_offset_dump_hook',
+    'LayerRecording', 'OffsetRecorder', 'describe_deformable', 'select_offset_layers'
+]

@@ -7,20 +7,21 @@ Add it to a training config to watch the offsets evolve epoch by epoch in whatev
     custom_hooks = [dict(type='OffsetFigureHook', num_images=2,
                          figures=['df_divergence', 'dk_extent'], layers=['backbone.layer4.*'])]
 
-Capture reuses :mod:`.offset_dump_hook`'s layer selection and forward-hook recorders, so the
-figures show exactly what a dump of the same evaluation would hold. Forward hooks exist only
+Capture uses the same layer selection and recorders (:mod:`.recording`) as ``OffsetDumpHook``,
+so the figures show exactly what a dump of the same evaluation would hold. Forward hooks exist only
 from the start of a validation run until ``num_images`` images are drawn, and only on rank 0;
 a runner without this hook, or a validation run the ``interval`` skips, pays nothing.
 """
+import logging
 from typing import Optional, Sequence, Union
 
-import numpy as np
 from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .offset_dump_hook import image_meta, select_offset_layers
+from ..dump import check_layer_patterns, image_meta
+from .recording import LayerRecording
 
 # what the figures need from each layer (recorders store only those that apply)
 FIGURE_COMPONENTS = ('offset', 'offset_used', 'mask')
@@ -32,8 +33,9 @@ class OffsetFigureHook(Hook):
 
     Args:
         num_images (int): Images drawn per validation run (the first ones rank 0 evaluates).
-        layers (str | list[str], optional): Layer patterns as for ``OffsetDumpHook`` (fnmatch, or
-            ``re:`` regular expressions); default: every deformable layer of the backbone.
+        layers (str | list[str], optional): Layer patterns as for ``OffsetDumpHook``
+            (:func:`deform_viz.dump.match_layer_names`); default: every deformable layer of the
+            backbone.
         figures (list[str]): Kinds from ``deform_viz.visualization.FIGURES``: 'kernel_points'
             (Fig. 1), 'df_divergence' (Fig. 2), 'dk_extent' (Fig. 3), 'sampling'.
         interval (int): Draw at every ``interval``-th validation run.
@@ -57,11 +59,13 @@ class OffsetFigureHook(Hook):
                  blank_if_missing: bool = True,
                  prefix: str = 'offsets') -> None:
         from ..visualization.render import check_kinds  # matplotlib only once the hook is used
-        for key, value in (('num_images', num_images), ('interval', interval), ('max_per_side', max_per_side)):
+        for key, value in (('num_images', num_images), ('interval', interval),
+                           ('max_per_side', max_per_side)):
             if key == 'max_per_side' and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'OffsetFigureHook: {key} must be a positive integer, got {value!r}')
+                raise ValueError(
+                    f'OffsetFigureHook: {key} must be a positive integer, got {value!r}')
         if isinstance(figures, str):
             figures = [figures]
         try:
@@ -70,36 +74,35 @@ class OffsetFigureHook(Hook):
             raise ValueError(f'OffsetFigureHook: {e}') from None
         if not self.figures:
             raise ValueError('OffsetFigureHook: figures is empty; name at least one figure kind')
+        try:
+            check_layer_patterns(layers)
+        except ValueError as e:
+            raise ValueError(f'OffsetFigureHook: {e}') from None
         self.num_images, self.interval = num_images, interval
-        self.layers = [layers] if isinstance(layers, str) else layers
+        self.recording = LayerRecording('OffsetFigureHook', layers, FIGURE_COMPONENTS)
         self.options = dict(width=float(width), dpi=float(dpi))
         if max_per_side is not None:
             self.options['max_per_side'] = max_per_side
         self.blank_if_missing = blank_if_missing
         self.prefix = prefix
-        self._recorders = []
         self._val_runs = 0
         self._drawn = 0
         self._warned_missing = False
 
     # ----------------------------------------------------------------- runner events
     def before_val_epoch(self, runner) -> None:
-        self._detach()
+        self.recording.stop()
         self._val_runs += 1
         if (self._val_runs - 1) % self.interval or get_dist_info()[0] != 0:
             return
-        self._recorders = select_offset_layers(runner.model, self.layers, FIGURE_COMPONENTS,
-                                               owner='OffsetFigureHook')
-        for recorder in self._recorders:
-            recorder.attach()
+        self.recording.start(runner.model)
         self._drawn = 0
 
     def before_val_iter(self, runner, batch_idx, data_batch=None) -> None:
-        for recorder in self._recorders:
-            recorder.reset()
+        self.recording.reset()
 
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if not self._recorders:
+        if not self.recording:
             return
         samples = outputs if outputs is not None else (data_batch or {}).get('data_samples')
         for index, sample in enumerate(samples or ()):
@@ -108,10 +111,10 @@ class OffsetFigureHook(Hook):
             self._draw(runner, index, sample)
             self._drawn += 1
         if self._drawn >= self.num_images:
-            self._detach()  # the rest of the validation runs without forward hooks
+            self.recording.stop()  # the rest of the validation runs without forward hooks
 
     def after_val_epoch(self, runner, metrics=None) -> None:
-        self._detach()
+        self.recording.stop()
 
     # ----------------------------------------------------------------- drawing
     @staticmethod
@@ -128,7 +131,8 @@ class OffsetFigureHook(Hook):
                 raise
             if not self._warned_missing:
                 self._warned_missing = True
-                print_log(f'OffsetFigureHook: {e}; drawing on a blank canvas', logger='current', level=30)
+                print_log(f'OffsetFigureHook: {e}; drawing on a blank canvas', logger='current',
+                          level=logging.WARNING)
             return None
 
     def _draw(self, runner, index: int, sample) -> None:
@@ -137,16 +141,12 @@ class OffsetFigureHook(Hook):
         meta = image_meta(sample, 'float32', owner='OffsetFigureHook')
         image = self._image(meta)
         step = self._step(runner)
-        for recorder in self._recorders:
-            info, arrays = recorder.fields(index, meta['batch_input_shape'], meta['img_shape'], np.float32)
-            components = {key[len(recorder.name) + 1:]: value for key, value in arrays.items()}
+        for recorder in self.recording:
+            info, fields = recorder.image_fields(index, meta['batch_input_shape'],
+                                                 meta['img_shape'])
+            components = {c: t.cpu().numpy() for c, t in fields.items()}
             layer = LayerOffsets(recorder.name, info, components, meta)
             for kind in self.figures:
                 figure = render_layer(layer, kind, image, **self.options)
                 name = f'{self.prefix}_{kind}_img{meta["img_id"]}_{recorder.name}'
                 runner.visualizer.add_image(name, figure_to_array(figure), step=step)
-
-    def _detach(self) -> None:
-        for recorder in self._recorders:
-            recorder.detach()
-        self._recorders = []
