@@ -196,11 +196,9 @@ class FeatureGeometry:
         cell (flag True); points further out are clipped to it and flagged False.
         """
         rows_f, cols_f = self.image_to_grid_coords(y, x)
-        h, w = self.grid_shape
-        inside = (rows_f > -1) & (rows_f < h) & (cols_f > -1) & (cols_f < w)
-        rows = np.clip(np.floor(rows_f + 0.5), 0, h - 1).astype(np.int64)
-        cols = np.clip(np.floor(cols_f + 0.5), 0, w - 1).astype(np.int64)
-        return rows, cols, inside
+        rows, rows_in = _nearest_cell(rows_f, self.grid_shape[0])
+        cols, cols_in = _nearest_cell(cols_f, self.grid_shape[1])
+        return rows, cols, rows_in & cols_in
 
     def pixel_cells(self):
         """For every original-image pixel (centre k + 0.5): its nearest cell and an in-grid flag.
@@ -242,11 +240,20 @@ class FeatureGeometry:
         return (self.output_stride[0] / self.scale_factor[1], self.output_stride[1] / self.scale_factor[0])
 
 
+def _nearest_cell(coords: np.ndarray, size: int):
+    """Fractional grid coordinates along one axis -> nearest cell index (clipped) and an in-grid flag."""
+    return np.clip(np.floor(coords + 0.5), 0, size - 1).astype(np.int64), (coords > -1) & (coords < size)
+
+
 @lru_cache(maxsize=16)
 def _pixel_cells(geometry: FeatureGeometry):
     h, w = geometry.ori_shape
-    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
-    out = geometry.image_to_grid(ys, xs)
-    for array in out:
-        array.setflags(write=False)
+    # resize and flip act on each axis alone: map one line of pixels per axis, then broadcast
+    rows_f, _ = geometry.image_to_grid_coords(np.arange(h) + 0.5, np.zeros(h))
+    _, cols_f = geometry.image_to_grid_coords(np.zeros(w), np.arange(w) + 0.5)
+    rows, rows_in = _nearest_cell(rows_f, geometry.grid_shape[0])
+    cols, cols_in = _nearest_cell(cols_f, geometry.grid_shape[1])
+    out = (np.broadcast_to(rows[:, None], (h, w)), np.broadcast_to(cols[None, :], (h, w)),
+           rows_in[:, None] & cols_in[None, :])
+    out[2].setflags(write=False)   # the broadcast views are read-only already
     return out
