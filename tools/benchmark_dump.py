@@ -2,6 +2,8 @@
 
     python tools/benchmark_dump.py [--work-dir DIR] [--num-images 16] [--repeats 3]
                                    [--checkpoint CKPT] [--skip-size] [--skip-speed]
+                                   [--skip-analysis] [--analysis-images 8] [--analysis-size 800 1333]
+                                   [--workers 2]
 
 1. Size: mmdet's own ``dcn/faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py`` (ResNet-50, mmcv DCN in
    c3-c5; no pretrained weights) evaluates one generated 800x1333 image through mmengine's
@@ -12,10 +14,18 @@
    the time spent inside the dump hook's own methods as a share of the epoch without it (the
    overhead measured directly, robust to that load; forward-hook bookkeeping is not included
    but is a few Python calls per layer and batch).
+3. Analysis: the same R-50 DCN c3-c5 model (offset predictors perturbed so that the fields are
+   not all zero) evaluates ``--analysis-images`` generated images, dumping the default
+   components; ``deform_viz.analysis.analyze_offsets`` then measures those dumps with 1 and with
+   ``--workers`` processes. Reported: seconds per image from the first measured image to the last
+   (process start-up excluded) and as a share of the evaluation time per image; the whole
+   analysis with each number of workers, and whether their reports are identical.
 """
 import argparse
+import json
 import os
 import os.path as osp
+import shutil
 import statistics
 import tempfile
 import time
@@ -50,8 +60,15 @@ class _TestEpochTimer(Hook):
         self.times.append(time.perf_counter() - self._start)
 
 
-def coco_size_config(data_root: str, work_dir: str, dump_root: str) -> Config:
-    """mmdet's R-50 DCN c3-c5 Faster R-CNN, test loop reading one synthetic 800x1333 image."""
+def coco_size_config(data_root: str, work_dir: str, dump_root: str, hooks=None) -> Config:
+    """mmdet's R-50 DCN c3-c5 Faster R-CNN, test loop reading the synthetic val images; ``hooks``
+    (default: three dump hooks under ``dump_root``) become its ``custom_hooks``."""
+    hooks = hooks if hooks is not None else f"""[
+    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'default')!r}),
+    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'all')!r}, components='all'),
+    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'derived')!r},
+         components=['d_f', 'divergence']),
+]"""
     text = f"""
 _base_ = '{COCO_DCN_CONFIG}'
 custom_imports = dict(imports=['deform_viz'], allow_failed_imports=False)
@@ -62,12 +79,7 @@ test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, da
     data_prefix=dict(img='val/'), metainfo=dict(classes={tuple(SYNTHETIC_CLASSES)!r})))
 test_evaluator = dict(ann_file={osp.join(data_root, 'annotations/instances_val.json')!r})
 work_dir = {work_dir!r}
-custom_hooks = [
-    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'default')!r}),
-    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'all')!r}, components='all'),
-    dict(type='OffsetDumpHook', out_dir={osp.join(dump_root, 'derived')!r},
-         components=['d_f', 'divergence']),
-]
+custom_hooks = {hooks}
 """
     path = osp.join(work_dir, 'size_config.py')
     os.makedirs(work_dir, exist_ok=True)
@@ -160,6 +172,52 @@ def measure_speed(work_dir: str, num_images: int, repeats: int, checkpoint) -> N
           f'(runs: {", ".join(f"{100 * x:.1f}%" for x in share)})')
 
 
+def measure_analysis(work_dir: str, num_images: int, image_size, workers: int) -> None:
+    from deform_viz.analysis import AnalysisSettings, analyze_offsets, measure_dumps
+    from deform_viz.engine import set_image_scale
+    if num_images < 2:
+        raise ValueError(f'--analysis-images must be at least 2 (time is taken from the first result), '
+                         f'got {num_images}')
+    data_root = osp.join(work_dir, 'analysis_data')
+    make_synthetic_coco(data_root, num_train=1, num_val=num_images, image_size=tuple(image_size), seed=0)
+    dump_dir = osp.join(work_dir, 'analysis_dumps')
+    shutil.rmtree(dump_dir, ignore_errors=True)   # the dumps belong to this run's weights
+    hooks = f"[dict(type='_TestEpochTimer'), dict(type='OffsetDumpHook', out_dir={dump_dir!r})]"
+    cfg = set_image_scale(coco_size_config(data_root, osp.join(work_dir, 'analysis_run'), dump_dir, hooks),
+                          (image_size[1], image_size[0]))
+    runner = build_runner(cfg)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # mmcv starts its offset predictors at zero: give the fields some content
+        for name, param in runner.model.named_parameters():
+            if 'conv_offset' in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+    runner.test()
+    timer = next(h for h in runner.hooks if isinstance(h, _TestEpochTimer))
+    evaluation = timer.times[-1] / num_images
+    ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
+    layers = len(load_offset_dump(offset_dump_paths(dump_dir)[0]).layers)
+    print(f'\n== analysis: {num_images} images of {image_size[0]}x{image_size[1]} ({layers} layers), '
+          f'evaluated and dumped at {evaluation:.2f} s/image')
+    files = offset_dump_paths(dump_dir)
+    names = list(load_offset_dump(files[0]).layers)
+    for n in sorted({1, workers}):
+        stamps = []
+        for _ in measure_dumps(files, ann_file, names, AnalysisSettings(), workers=n):
+            stamps.append(time.perf_counter())
+        per_image = (stamps[-1] - stamps[0]) / (len(stamps) - 1)   # from the first result: start-up excluded
+        print(f'  measuring, {n} worker{"s" if n > 1 else " "}: {per_image:.3f} s/image = '
+              f'{100 * per_image / evaluation:.1f}% of the evaluation time per image')
+    reports, seconds = {}, {}
+    for n in sorted({1, workers}):
+        start = time.perf_counter()
+        reports[n] = analyze_offsets(dump_dir, ann_file, workers=n)
+        seconds[n] = time.perf_counter() - start
+    same = len({json.dumps(r, sort_keys=True) for r in reports.values()}) == 1
+    print(f'  whole analysis (start-up, measuring, tests): ' + ', '.join(
+        f'{n} worker{"s" if n > 1 else ""} {t:.1f} s' for n, t in seconds.items())
+        + f'; reports identical: {"yes" if same else "NO"}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', help='where data, dumps and logs go (default: a temp dir)')
@@ -168,6 +226,11 @@ def main(argv=None):
     parser.add_argument('--checkpoint', help='weights for the speed run (default: untrained)')
     parser.add_argument('--skip-size', action='store_true')
     parser.add_argument('--skip-speed', action='store_true')
+    parser.add_argument('--skip-analysis', action='store_true')
+    parser.add_argument('--analysis-images', type=int, default=8, help='images dumped for the analysis run')
+    parser.add_argument('--analysis-size', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
+                        help='size of those images (default 800 1333)')
+    parser.add_argument('--workers', type=int, default=2, help='analysis processes compared with one')
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work_dir = args.work_dir or tmp
@@ -175,6 +238,8 @@ def main(argv=None):
             measure_size(work_dir)
         if not args.skip_speed:
             measure_speed(work_dir, args.num_images, args.repeats, args.checkpoint)
+        if not args.skip_analysis:
+            measure_analysis(work_dir, args.analysis_images, args.analysis_size, args.workers)
 
 
 if __name__ == '__main__':

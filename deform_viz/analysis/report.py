@@ -51,9 +51,15 @@ def _measure_in_worker(path) -> Dict[str, LayerImageMeasures]:
     return _worker(path)
 
 
-def _measure_all(measurer: DumpMeasurer, files, workers: int, ann_file: str) -> Iterator[Dict[str, LayerImageMeasures]]:
-    """Per-image measures in the order of ``files``, however many processes measure them."""
+def measure_dumps(files: Sequence, ann_file: str, layers: Sequence[str], settings: AnalysisSettings,
+                  source: str = 'used', workers: int = 1,
+                  ground_truth: Optional[CocoGroundTruth] = None) -> Iterator[Dict[str, LayerImageMeasures]]:
+    """Per-image measures of ``layers`` (layer -> :class:`LayerImageMeasures`) in the order of
+    ``files``, one dump in memory per process, measured by ``workers`` processes."""
+    if workers < 1:
+        raise ValueError(f'workers must be at least 1, got {workers}')
     if workers == 1:
+        measurer = DumpMeasurer(ann_file, layers, settings, source, ground_truth)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)   # per-image work is small: a second thread only waits (~20x slower under load)
         try:
@@ -63,8 +69,7 @@ def _measure_all(measurer: DumpMeasurer, files, workers: int, ann_file: str) -> 
         return
     # spawn, not fork: a forked child of a process that has run torch's OpenMP code can hang
     context = multiprocessing.get_context('spawn')
-    with context.Pool(workers, initializer=_start_worker,
-                      initargs=(ann_file, measurer.layers, measurer.settings, measurer.source)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(ann_file, list(layers), settings, source)) as pool:
         yield from pool.imap(_measure_in_worker, [str(f) for f in files])
 
 
@@ -92,15 +97,15 @@ def analyze_offsets(dump: str, ann_file: str, layers: Optional[Sequence[str]] = 
     """
     settings = settings or AnalysisSettings()
     if workers < 1:
-        raise ValueError(f'workers must be at least 1, got {workers}')
+        raise ValueError(f'workers must be at least 1, got {workers}')   # before any work
     files = dump_files(dump, max_images=max_images)
     ground_truth = CocoGroundTruth(ann_file)
     first = load_offset_dump(files[0])
     ground_truth.check_images([first.meta])   # the common mistake fails before any work
     chosen = layer_offsets(first, layers, source=source, skip_without_offsets=layers is None)
     analyses = {lo.name: LayerAnalysis(lo.name, lo.info, settings) for lo in chosen}
-    measurer = DumpMeasurer(ann_file, list(analyses), settings, source, ground_truth)
-    measured = _measure_all(measurer, files, min(workers, len(files)), ann_file)
+    measured = measure_dumps(files, ann_file, list(analyses), settings, source, min(workers, len(files)),
+                             ground_truth)
     if progress:
         from tqdm import tqdm
         measured = tqdm(measured, total=len(files), desc='analysing', unit='image')
