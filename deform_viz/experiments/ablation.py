@@ -17,7 +17,7 @@ from mmengine.config import Config
 from mmengine.runner import find_latest_checkpoint
 
 from ..datasets import make_synthetic_coco
-from ..engine import evaluate, load_config, train, use_synthetic_data
+from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
 from ..variants import LABELS, projected_variant
 from .paired import check_pairing, paired_difference
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
@@ -81,28 +81,13 @@ class AblationSettings:
         return {k: v for k, v in asdict(self).items() if k not in ('seeds', 'rows', 'work_dir')}
 
 
-def set_iterations(cfg: Config, iters: int) -> Config:
-    """Shorten or lengthen an iteration-based schedule to ``iters``, keeping the LR steps at the
-    same fractions of it (schedulers found by type) and checkpointing/validating at the end only."""
-    old = cfg.train_cfg.max_iters
-    cfg.train_cfg.max_iters = iters
-    cfg.train_cfg.val_interval = iters
-    for scheduler in cfg.param_scheduler:
-        if scheduler.get('type') == 'MultiStepLR':
-            scheduler.milestones = [max(1, round(m * iters / old)) for m in scheduler.milestones]
-        if scheduler.get('end') == old:
-            scheduler.end = iters
-    cfg.default_hooks.checkpoint.interval = iters
-    return cfg
-
-
 def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, run_dir: str) -> Config:
     """The config of ``row`` for ``seed``: synthetic data, the settings' schedule, paired start."""
     cfg = load_config(osp.join(CONFIG_DIR, row.config), work_dir=run_dir)
     use_synthetic_data(cfg, data_root, (settings.image_size, settings.image_size))
     cfg.randomness = dict(seed=seed)
     if settings.iters is not None:
-        set_iterations(cfg, settings.iters)
+        set_schedule(cfg, settings.iters)
     cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='PairedStartHook', seed=seed)]
     return cfg
 
