@@ -19,30 +19,22 @@ rows) and the gradient of the four corner weights, from which autograd gets the 
 gradients. The sampled columns ``(L, K*K*C)`` then meet the weights in a single GEMM.
 :func:`deform_conv2d_torch` neither keeps the columns for backward (it recomputes them, like
 mmcv) nor builds them for more than ``COLUMN_CHUNK_ELEMENTS`` numbers at a time.
+
+Precision (see :mod:`deform_viz.ops.utils`): under autocast the rows, columns, weights and output
+are in autocast's dtype, as mmcv's op casts its inputs to the offsets' half dtype; the sampling
+positions and corner weights stay float32, where mmcv's CUDA kernel rounds them to half.
 """
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-Pair = Union[int, Tuple[int, int]]
+from ._sampling import bilinear_taps, gather_rows, input_rows
+from .utils import Pair, conv_output_size, geometry_tensor, to_pair, value_tensors
 
 #: Largest number of column entries (output locations x K*K x C) materialised at once.
 COLUMN_CHUNK_ELEMENTS = 1 << 24
-
-
-def _pair(value: Pair, name: str) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f'{name} must be an int or a pair, got {value!r}')
-    return pair
-
-
-def _output_size(in_size, kernel_size, stride, padding, dilation) -> Tuple[int, int]:
-    return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1
-                 for i, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation))
 
 
 def _deform_groups(x: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_size, stride, padding,
@@ -60,7 +52,7 @@ def _deform_groups(x: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_siz
     if x.shape[1] % groups:
         raise ValueError(f'input channels ({x.shape[1]}) not divisible by deform_groups ({groups}, '
                          f'inferred from {channels} offset channels)')
-    out_size = _output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    out_size = conv_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
     if min(out_size) <= 0:
         raise ValueError(f'input {tuple(x.shape[2:])} is too small for kernel {kernel_size}, padding '
                          f'{padding}, dilation {dilation}')
@@ -71,60 +63,6 @@ def _deform_groups(x: Tensor, offset: Tensor, mask: Optional[Tensor], kernel_siz
         raise ValueError(f'mask must be (N, deform_groups*K*K, Ho, Wo) = '
                          f'{(x.shape[0], groups * taps, *out_size)}, got {tuple(mask.shape)}')
     return groups
-
-
-def _bilinear_taps(offset: Tensor, mask: Optional[Tensor], in_size, kernel_size, stride, padding,
-                   dilation) -> Tuple[Tensor, Tensor]:
-    """Corner rows and weights of every sample.
-
-    offset ``(N, 2*G*K*K, Ho, Wo)``, mask ``(N, G*K*K, Ho, Wo)`` or None ->
-    index ``(M, 4)`` int64 and weights ``(M, 4)`` with ``M = N*Ho*Wo*K*K*G`` ordered (n, ho, wo, tap, g).
-    Index points into the row table of :func:`_input_rows`, whose one-pixel zero border holds the
-    corners that fall just outside the map; samples outside (-1, H) x (-1, W) get zero weights.
-    Weights are differentiable functions of offset and mask.
-    """
-    n, _, ho, wo = offset.shape
-    (h, w), (kh, kw) = in_size, kernel_size
-    taps = kh * kw
-    groups = offset.shape[1] // (2 * taps)
-    dev = offset.device
-    fields = offset.view(n, groups, taps, 2, ho, wo).permute(0, 4, 5, 2, 1, 3).contiguous()  # (N, Ho, Wo, KK, G, 2)
-    tap_y = (torch.arange(kh, device=dev) * dilation[0]).repeat_interleave(kw)
-    tap_x = (torch.arange(kw, device=dev) * dilation[1]).repeat(kh)
-    base_y = (torch.arange(ho, device=dev) * stride[0] - padding[0])[:, None, None, None] + tap_y[:, None]
-    base_x = (torch.arange(wo, device=dev) * stride[1] - padding[1])[:, None, None] + tap_x[:, None]
-    y = fields[..., 0] + base_y.to(offset.dtype)  # (N, Ho, Wo, KK, G)
-    x = fields[..., 1] + base_x.to(offset.dtype)
-    inside = (y > -1) & (y < h) & (x > -1) & (x < w)
-    # floor, kept inside the padded table for the samples whose weights are zeroed anyway
-    y0 = y.detach().floor().nan_to_num_(nan=-1).clamp_(-1, h - 1)
-    x0 = x.detach().floor().nan_to_num_(nan=-1).clamp_(-1, w - 1)
-    ly, lx = y - y0, x - x0
-    wy = torch.stack((1 - ly, ly), dim=-1)
-    wx = torch.stack((1 - lx, lx), dim=-1)
-    scale = inside.to(offset.dtype)
-    if mask is not None:
-        scale = scale * mask.view(n, groups, taps, ho, wo).permute(0, 3, 4, 2, 1)  # contiguous like scale
-    weights = (wy[..., :, None] * wx[..., None, :]).flatten(-2) * scale[..., None]
-
-    pw = w + 2  # padded width
-    image = torch.arange(n, device=dev)[:, None, None, None, None] * (h + 2)
-    first = ((image + y0.long() + 1) * pw + x0.long() + 1) * groups + torch.arange(groups, device=dev)
-    corners = torch.tensor([0, 1, pw, pw + 1], device=dev) * groups
-    return (first[..., None] + corners).reshape(-1, 4), weights.reshape(-1, 4)
-
-
-def _input_rows(x: Tensor, groups: int) -> Tensor:
-    """``(N, C, H, W)`` -> row table ``(N*(H+2)*(W+2)*G, C/G)``: channels-last with a zero border."""
-    n, c, h, w = x.shape
-    rows = x.new_zeros(n, h + 2, w + 2, c)
-    rows[:, 1:-1, 1:-1].copy_(x.permute(0, 2, 3, 1))
-    return rows.view(-1, c // groups)
-
-
-def _gather(index: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
-    """Weighted sum of four rows per sample: ``(M, 4), (R, Cg), (M, 4) -> (M, Cg)``."""
-    return F.embedding_bag(index, rows, per_sample_weights=weights, mode='sum')
 
 
 def deform_sample(x: Tensor, offset: Tensor, kernel_size: Pair, stride: Pair = 1, padding: Pair = 0,
@@ -138,18 +76,20 @@ def deform_sample(x: Tensor, offset: Tensor, kernel_size: Pair, stride: Pair = 1
         mask: optional ``(N, G*Kh*Kw, Ho, Wo)`` DCNv2 modulation multiplying each sample.
 
     Returns:
-        ``(N, C, Kh*Kw, Ho, Wo)``. The tensor is a permuted view of channels-last memory
-        ``(N, Ho, Wo, Kh*Kw, C)``, so ``.permute(0, 3, 4, 2, 1)`` gives that layout without a copy.
-        Autograd reaches x, offset and mask.
+        ``(N, C, Kh*Kw, Ho, Wo)`` in x's dtype (autocast's under autocast). The tensor is a
+        permuted view of channels-last memory ``(N, Ho, Wo, Kh*Kw, C)``, so
+        ``.permute(0, 3, 4, 2, 1)`` gives that layout without a copy. Autograd reaches x, offset
+        and mask.
     """
-    kernel_size, stride = _pair(kernel_size, 'kernel_size'), _pair(stride, 'stride')
-    padding, dilation = _pair(padding, 'padding'), _pair(dilation, 'dilation')
+    kernel_size, stride = to_pair(kernel_size, 'kernel_size'), to_pair(stride, 'stride')
+    padding, dilation = to_pair(padding, 'padding'), to_pair(dilation, 'dilation')
     groups = _deform_groups(x, offset, mask, kernel_size, stride, padding, dilation)
+    x, = value_tensors(x)
     n, c, h, w = x.shape
     ho, wo = offset.shape[2:]
-    index, weights = _bilinear_taps(offset, mask, (h, w), kernel_size, stride, padding, dilation)
-    rows = _input_rows(x, groups)
-    cols = _gather(index, rows, weights)
+    index, weights = bilinear_taps(geometry_tensor(offset), geometry_tensor(mask), (h, w), kernel_size,
+                                   stride, padding, dilation)
+    cols = gather_rows(index, input_rows(x, groups), weights)
     return cols.view(n, ho, wo, kernel_size[0] * kernel_size[1], c).permute(0, 4, 3, 1, 2)
 
 
@@ -191,13 +131,13 @@ class _DeformConv2dFunction(torch.autograd.Function):
         ho, wo = offset.shape[2:]
         taps = kernel_size[0] * kernel_size[1]
         geometry = ((h, w), kernel_size, stride, padding, dilation)
-        rows = _input_rows(x, deform_groups)
-        index, weights = _bilinear_taps(offset, mask, *geometry)
+        rows = input_rows(x, deform_groups)
+        index, weights = bilinear_taps(offset, mask, *geometry)
         wmat = _weight_matrix(weight, groups)
         locations, per_sample = n * ho * wo, taps * deform_groups
         out = x.new_empty(locations, weight.shape[0])
         for a, b in _chunks(locations, taps * c):
-            cols = _gather(index[a * per_sample:b * per_sample], rows, weights[a * per_sample:b * per_sample])
+            cols = gather_rows(index[a * per_sample:b * per_sample], rows, weights[a * per_sample:b * per_sample])
             if groups == 1:
                 torch.mm(cols.view(b - a, -1), wmat[0].t(), out=out[a:b])
             else:
@@ -208,7 +148,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
         ctx.save_for_backward(rows, offset, mask, weight)
         ctx.geometry, ctx.groups, ctx.deform_groups = geometry, groups, deform_groups
         ctx.has_bias, ctx.x_shape = bias is not None, x.shape
-        return out.view(n, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
+        return out.view(n, ho, wo, weight.shape[0]).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
@@ -221,13 +161,14 @@ class _DeformConv2dFunction(torch.autograd.Function):
         ho, wo = offset.shape[2:]
         groups, taps = ctx.groups, ctx.geometry[1][0] * ctx.geometry[1][1]
         locations, per_sample = n * ho * wo, taps * ctx.deform_groups
-        grad = grad_out.permute(0, 2, 3, 1).reshape(locations, -1)
-        grad_g = grad.view(locations, groups, -1).transpose(0, 1)  # (groups, L, Cout/groups)
+        cout = weight.shape[0]
+        grad = grad_out.permute(0, 2, 3, 1).reshape(locations, cout)
+        grad_g = grad.view(locations, groups, cout // groups).transpose(0, 1)  # (groups, L, Cout/groups)
 
         with torch.enable_grad():
             offset_leaf = offset.detach().requires_grad_(need_offset)
             mask_leaf = None if mask is None else mask.detach().requires_grad_(need_mask)
-            index, weights = _bilinear_taps(offset_leaf, mask_leaf, *ctx.geometry)
+            index, weights = bilinear_taps(offset_leaf, mask_leaf, *ctx.geometry)
         wmat = _weight_matrix(weight, groups)
         rows_leaf = rows.detach().requires_grad_(need_x)
         grad_rows = grad_weights = grad_wmat = None
@@ -239,7 +180,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
             s = slice(a * per_sample, b * per_sample)
             weights_leaf = weights[s].detach().requires_grad_(need_taps)
             with torch.set_grad_enabled(need_x or need_taps):
-                cols = _gather(index[s], rows_leaf, weights_leaf)
+                cols = gather_rows(index[s], rows_leaf, weights_leaf)
             if need_weight:
                 if groups == 1:
                     grad_wmat[0].addmm_(grad[a:b].t(), cols.detach().view(b - a, -1))
@@ -261,6 +202,8 @@ class _DeformConv2dFunction(torch.autograd.Function):
 
         grad_x = grad_offset = grad_mask = grad_weight = grad_bias = None
         if need_x:
+            if grad_rows is None:  # no output location (batch size 0)
+                grad_rows = torch.zeros_like(rows)
             grad_x = grad_rows.view(n, h + 2, w + 2, c)[:, 1:-1, 1:-1].permute(0, 3, 1, 2).contiguous()
         if need_taps:
             leaves = [t for t, need in ((offset_leaf, need_offset), (mask_leaf, need_mask)) if need]
@@ -268,7 +211,6 @@ class _DeformConv2dFunction(torch.autograd.Function):
             grad_offset = grads.pop(0) if need_offset else None
             grad_mask = grads.pop(0) if need_mask else None
         if need_weight:
-            cout = weight.shape[0]
             grad_weight = grad_wmat.view(cout, *ctx.geometry[1], -1).permute(0, 3, 1, 2)
         if need_bias and ctx.has_bias:
             grad_bias = grad.sum(0)
@@ -290,9 +232,11 @@ def deform_conv2d_torch(x: Tensor, offset: Tensor, weight: Tensor, bias: Optiona
         mask: optional ``(N, G*Kh*Kw, Ho, Wo)`` DCNv2 modulation (already through a sigmoid).
 
     Returns:
-        ``(N, Cout, Ho, Wo)``. Differentiable in x, offset, mask, weight and bias (first order).
+        ``(N, Cout, Ho, Wo)`` in x's dtype (autocast's under autocast). Differentiable in x,
+        offset, mask, weight and bias (first order).
     """
-    stride, padding, dilation = _pair(stride, 'stride'), _pair(padding, 'padding'), _pair(dilation, 'dilation')
+    stride, padding = to_pair(stride, 'stride'), to_pair(padding, 'padding')
+    dilation = to_pair(dilation, 'dilation')
     if weight.dim() != 4:
         raise ValueError(f'weight must be (Cout, C/groups, Kh, Kw), got {tuple(weight.shape)}')
     kernel_size = tuple(weight.shape[2:])
@@ -303,5 +247,6 @@ def deform_conv2d_torch(x: Tensor, offset: Tensor, weight: Tensor, bias: Optiona
                          f'groups={groups} (need C == weight.shape[1]*groups and Cout % groups == 0)')
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f'bias must be ({cout},), got {tuple(bias.shape)}')
-    return _DeformConv2dFunction.apply(x, offset, mask, weight, bias, kernel_size, stride, padding,
-                                       dilation, groups, deform_groups)
+    x, weight, bias = value_tensors(x, weight=weight, bias=bias)
+    return _DeformConv2dFunction.apply(x, geometry_tensor(offset), geometry_tensor(mask), weight, bias,
+                                       kernel_size, stride, padding, dilation, groups, deform_groups)

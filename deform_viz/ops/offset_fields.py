@@ -7,21 +7,17 @@ Layouts (mmcv's, see DESIGN.md):
 
 All functions are differentiable torch code and accept any leading dims on fields.
 """
-from typing import Tuple, Union
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-COMPONENTS = ('full', 'df', 'dk')
-Pair = Union[int, Tuple[int, int]]
-
-
-def _pair(value: Pair) -> Tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+from ..variants import component_name
+from .utils import Pair, to_pair
 
 
 def _num_taps(kernel_size: Pair) -> int:
-    kh, kw = _pair(kernel_size)
+    kh, kw = to_pair(kernel_size, 'kernel_size')
     return kh * kw
 
 
@@ -54,18 +50,18 @@ def offset_dk(fields: Tensor) -> Tensor:
 def project_offsets(offset: Tensor, kernel_size: Pair, component: str) -> Tensor:
     """Keep one component of packed offsets ``(N, 2*G*K*K, H, W)``; same shape out.
 
-    ``'full'`` returns the input, ``'df'`` replaces every tap by d_f (paper Eq. 2),
-    ``'dk'`` by offset - d_f (Eq. 3), so ``df + dk == full``.
+    ``component`` is one of :data:`deform_viz.variants.COMPONENTS` (legacy ``'df'``/``'dk'``
+    accepted): ``'full'`` returns the input, ``'d_f'`` replaces every tap by d_f (paper Eq. 2),
+    ``'d_k'`` by offset - d_f (Eq. 3), so ``d_f + d_k == full``.
     """
+    component = component_name(component)
     if component == 'full':
         return offset
     fields = split_offsets(offset, kernel_size)
-    if component == 'df':
+    if component == 'd_f':
         projected = fields.mean(dim=2, keepdim=True).expand_as(fields)
-    elif component == 'dk':
-        projected = offset_dk(fields)
     else:
-        raise ValueError(f'unknown offset component {component!r}; expected one of {COMPONENTS}')
+        projected = offset_dk(fields)
     return merge_offsets(projected)
 
 
@@ -86,7 +82,7 @@ def divergence(vectors: Tensor) -> Tensor:
 
 def rigid_grid(kernel_size: Pair, dilation: Pair = 1, device=None, dtype=None) -> Tensor:
     """Tap positions of the rigid kernel relative to its centre, ``(K*K, 2)`` as (y, x)."""
-    (kh, kw), (dh, dw) = _pair(kernel_size), _pair(dilation)
+    (kh, kw), (dh, dw) = to_pair(kernel_size, 'kernel_size'), to_pair(dilation, 'dilation')
     ys = (torch.arange(kh, device=device, dtype=dtype) - (kh - 1) / 2) * dh
     xs = (torch.arange(kw, device=device, dtype=dtype) - (kw - 1) / 2) * dw
     return torch.stack(torch.meshgrid(ys, xs, indexing='ij'), dim=-1).reshape(kh * kw, 2)
@@ -103,7 +99,7 @@ def sampling_positions(fields: Tensor, kernel_size: Pair, dilation: Pair = 1) ->
 
 def _tap_grid(positions: Tensor, kernel_size: Pair) -> Tensor:
     """``(..., K*K, 2, H, W)`` -> ``(..., Kh, Kw, 2, H, W)``."""
-    kh, kw = _pair(kernel_size)
+    kh, kw = to_pair(kernel_size, 'kernel_size')
     return positions.unflatten(-4, (kh, kw))
 
 

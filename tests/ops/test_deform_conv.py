@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mmcv import ops as mmcv_ops
+from ops.helpers import AUTOCAST, AUTOCAST_RTOL, LAYOUTS, needs_cuda, relative_error, relayout
 
 from deform_viz.ops import deform_conv
 from deform_viz.ops.deform_conv import deform_conv2d_torch, deform_sample
-
-
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -165,27 +165,112 @@ def test_integer_constant_offset_equals_conv_of_shifted_input():
     torch.testing.assert_close(out, full[:, :, top:top + out.shape[2], left:left + out.shape[3]])
 
 
-def test_shape_errors_are_clear():
-    x = torch.randn(1, 4, 5, 5)
-    w = torch.randn(4, 4, 3, 3)
-    with pytest.raises(ValueError, match='offset has 17 channels'):
-        deform_conv2d_torch(x, torch.zeros(1, 17, 5, 5), w, padding=1)
-    with pytest.raises(ValueError, match='not divisible by deform_groups'):
-        deform_conv2d_torch(x, torch.zeros(1, 18 * 3, 5, 5), w, padding=1)
-    with pytest.raises(ValueError, match=r'offset must be \(N=1, 18, 5, 5\)'):
-        deform_conv2d_torch(x, torch.zeros(1, 18, 3, 3), w, padding=1)
-    with pytest.raises(ValueError, match='mask must be'):
-        deform_conv2d_torch(x, torch.zeros(1, 18, 5, 5), w, padding=1, mask=torch.ones(1, 18, 5, 5))
-    with pytest.raises(ValueError, match='groups=3'):
-        deform_conv2d_torch(x, torch.zeros(1, 18, 5, 5), w, padding=1, groups=3)
+@pytest.mark.parametrize('args,kwargs,message', [
+    (((1, 4, 5), (1, 18, 5, 5), (4, 4, 3, 3)), {}, r'expected 4-d input and offset \(N, C, H, W\), got \(1, 4, 5\)'),
+    (((1, 4, 5, 5), (1, 17, 5, 5), (4, 4, 3, 3)), {}, r'offset has 17 channels; a 3x3 kernel needs 2\*deform_groups\*9'),
+    (((1, 4, 5, 5), (1, 54, 5, 5), (4, 4, 3, 3)), {}, r'input channels \(4\) not divisible by deform_groups \(3'),
+    (((1, 4, 2, 5), (1, 18, 1, 3), (4, 4, 3, 3)), dict(padding=0), r'input \(2, 5\) is too small for kernel \(3, 3\)'),
+    (((1, 4, 5, 5), (1, 18, 3, 3), (4, 4, 3, 3)), {}, r'offset must be \(N=1, 18, 5, 5\), got \(1, 18, 3, 3\)'),
+    (((1, 4, 5, 5), (2, 18, 5, 5), (4, 4, 3, 3)), {}, r'offset must be \(N=1, 18, 5, 5\), got \(2, 18, 5, 5\)'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(mask=torch.ones(1, 18, 5, 5)),
+     r'mask must be \(N, deform_groups\*K\*K, Ho, Wo\) = \(1, 9, 5, 5\), got \(1, 18, 5, 5\)'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 9)), {}, r'weight must be \(Cout, C/groups, Kh, Kw\), got \(4, 4, 9\)'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(groups=3), r'weight \(4, 4, 3, 3\) does not fit input channels 4 with groups=3'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(bias=torch.zeros(3)), r'bias must be \(4,\), got \(3,\)'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(bias=torch.zeros(4, dtype=torch.float64)),
+     'bias has dtype torch.float64 but the input has torch.float32; give them one dtype or run under torch.autocast'),
+    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(stride=(1, 1, 1)), r'stride must be an int or a pair of ints, got \(1, 1, 1\)'),
+])
+def test_errors_name_the_problem(args, kwargs, message):
+    x, offset, weight = (torch.zeros(shape) for shape in args)
+    with pytest.raises(ValueError, match=message):
+        deform_conv2d_torch(x, offset, weight, **{'padding': 1, **kwargs})
+
+
+@pytest.mark.parametrize('modulated', [False, True], ids=['dcn', 'dcnv2'])
+def test_batch_size_zero(modulated):
+    inputs, conf = make_inputs(n=0, c=4, cout=6, groups=2, dgroups=2, modulated=modulated, bias=True)
+    out = deform_conv2d_torch(**inputs, **conf)
+    assert out.shape == (0, 6, 5, 6)
+    grads = dict(zip(inputs, torch.autograd.grad(out.sum(), list(inputs.values()))))
+    for name, grad in grads.items():
+        assert grad.shape == inputs[name].shape and not grad.any(), name
+    cols = deform_sample(inputs['x'], inputs['offset'], 3, padding=1)
+    assert cols.shape == (0, 4, 9, 5, 6)
+
+
+@pytest.mark.parametrize('layout', LAYOUTS[1:])
+def test_memory_layouts_give_the_same_result(layout):
+    inputs, conf = make_inputs(n=2, c=4, cout=6, groups=2, dgroups=2, modulated=True, bias=True)
+    out = deform_conv2d_torch(**inputs, **conf)
+    grads = torch.autograd.grad(out.square().sum(), list(inputs.values()))
+    moved = {k: relayout(v, layout) if v.dim() == 4 else v for k, v in inputs.items()}
+    out_moved = deform_conv2d_torch(**moved, **conf)
+    torch.testing.assert_close(out_moved, out)
+    for name, a, b in zip(inputs, torch.autograd.grad(out_moved.square().sum(), list(moved.values())), grads):
+        torch.testing.assert_close(a, b, msg=lambda m: f'gradient of {name}: {m}')
+    cols = deform_sample(moved['x'], moved['offset'], 3, padding=1, mask=moved['mask'])
+    torch.testing.assert_close(cols, deform_sample(inputs['x'], inputs['offset'], 3, padding=1,
+                                                   mask=inputs['mask']))
+
+
+@pytest.mark.parametrize('device,dtype', AUTOCAST)
+@pytest.mark.parametrize('case', [dict(), dict(modulated=True, bias=True, dgroups=2, groups=2, cout=8)],
+                         ids=['dcn', 'dcnv2-grouped'])
+def test_autocast_matches_float32(case, device, dtype):
+    """The same float32 inputs inside autocast: output in autocast's dtype, values and gradients
+    within AUTOCAST_RTOL of float32 (the weights stay float32 parameters, as under AMP)."""
+    inputs, conf = make_inputs(n=2, c=8, h=9, w=10, dtype=torch.float32, **{'cout': 8, **case})
+    inputs = {k: v.detach().to(device).requires_grad_() for k, v in inputs.items()}
+    out = deform_conv2d_torch(**inputs, **conf)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    expected = torch.autograd.grad(out, list(inputs.values()), grad)
+    with torch.autocast(device, dtype=dtype):
+        low = deform_conv2d_torch(**inputs, **conf)
+    assert low.dtype == dtype
+    assert relative_error(low, out) < AUTOCAST_RTOL
+    for name, a, b in zip(inputs, torch.autograd.grad(low, list(inputs.values()), grad.to(dtype)), expected):
+        assert a.dtype == torch.float32, name
+        assert relative_error(a, b) < AUTOCAST_RTOL, name
+    with torch.autocast(device, dtype=dtype):
+        cols = deform_sample(inputs['x'], inputs['offset'], 3, padding=1, mask=inputs.get('mask'))
+    assert cols.dtype == dtype
+    assert relative_error(cols, deform_sample(inputs['x'], inputs['offset'], 3, padding=1,
+                                              mask=inputs.get('mask'))) < AUTOCAST_RTOL
+
+
+@pytest.mark.parametrize('device,dtype', AUTOCAST)
+def test_autocast_keeps_sampling_positions_in_float32(device, dtype):
+    """Row 300 + 0.3 of a map whose rows alternate 0 and 1: 0.3 of the way from a 0 row to a 1
+    row. In half precision the position itself would round to 300 (bfloat16 steps by 2 there,
+    float16 by 0.25) and the sample would read 0 (bfloat16) or 0.25 (float16)."""
+    h = 400
+    x = (torch.arange(h) % 2).float().view(1, 1, h, 1).expand(1, 1, h, 3).contiguous().to(device)
+    offset = torch.zeros(1, 2, h, 3, device=device, dtype=dtype)  # as conv_offset gives them under AMP
+    offset[:, 0] = 0.3
+    with torch.autocast(device, dtype=dtype):
+        cols = deform_sample(x, offset, 1)
+    torch.testing.assert_close(cols[0, 0, 0, 300].float(), torch.full((3,), 0.3, device=device),
+                               rtol=0, atol=2e-3)
+    torch.testing.assert_close(cols[0, 0, 0, 301].float(), torch.full((3,), 0.7, device=device),
+                               rtol=0, atol=4e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize('case', CASES, ids=ids)
+def test_cuda_matches_cpu(case):
+    inputs, conf = make_inputs(**case)
+    out = deform_conv2d_torch(**inputs, **conf)
+    grad = torch.randn_like(out)
+    expected = torch.autograd.grad(out, list(inputs.values()), grad)
+    cuda = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
+    out_cuda = deform_conv2d_torch(**cuda, **conf)
+    torch.testing.assert_close(out_cuda.cpu(), out)
+    for name, a, b in zip(inputs, torch.autograd.grad(out_cuda, list(cuda.values()), grad.cuda()), expected):
+        torch.testing.assert_close(a.cpu(), b, msg=lambda m: f'gradient of {name}: {m}')
 
 
 # --------------------------------------------------------------------------- mmcv equality
-@pytest.fixture(scope='module')
-def mmcv_ops():
-    return pytest.importorskip('mmcv.ops', reason='mmcv with compiled ops is not installed')
-
-
 MMCV_CASES = [
     dict(c=8, cout=8, h=9, w=11),
     dict(c=8, cout=4, h=9, w=11, stride=2, dilation=2, padding=2, dgroups=2, spread=4.0),
@@ -196,7 +281,7 @@ MMCV_CASES = [
 
 @pytest.mark.parametrize('modulated', [False, True], ids=['dcn', 'dcnv2'])
 @pytest.mark.parametrize('case', MMCV_CASES, ids=ids)
-def test_matches_mmcv_cpu_op(case, modulated, mmcv_ops):
+def test_matches_mmcv_cpu_op(case, modulated):
     inputs, conf = make_inputs(**case, modulated=modulated, bias=modulated, dtype=torch.float32)
     names = list(inputs)
     out = deform_conv2d_torch(**inputs, **conf)

@@ -2,20 +2,21 @@
 
 The reference builds the full kernel of every output location tap by tap with scalar bilinear
 interpolation of the scope, samples the input point by point (zero outside the image, bilinear for
-DCN data offsets) and accumulates the convolution sum by explicit loops.
+DCN data offsets) and accumulates the convolution sum by explicit loops. Its rigid tap grid is
+written from the official implementation's formula (hangg7/deformable-kernels,
+``modules/deform_kernel.py``), not from the package's code.
 """
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from ops.helpers import AUTOCAST, AUTOCAST_RTOL, LAYOUTS, needs_cuda, relative_error, relayout
 
-from deform_viz.ops.deformable_kernel import (deformable_kernel_global, deformable_kernel_local,
-                                              kernel_base_grid, kernel_sampling_weights,
-                                              resample_kernel)
+from deform_viz.ops import deformable_kernel_global, deformable_kernel_local, resample_kernel
 
 DT = torch.float64
-
+GRIDS = ['centred', 'spread']
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -31,7 +32,11 @@ def _lerp_1d(p, size):
     return [(low, 1 - frac), (low + 1, frac)]
 
 
-def _base(k, s, i):
+def _base(k, s, i, grid):
+    """Scope coordinate of rigid tap i of K along an axis of S cells."""
+    if grid == 'centred':  # official: start = (S - (K - 1) * weight_dilate - 1) / 2, weight_dilate = 1
+        start = (s - (k - 1) * 1 - 1) / 2
+        return start + i * 1
     return (s - 1) / 2 if k == 1 else i * (s - 1) / (k - 1)
 
 
@@ -60,7 +65,7 @@ def _data_value(x, b, py, px):
 
 
 def reference_dk(x, weight, kernel_offset, k, stride=1, padding=0, dilation=1, groups=1,
-                 data_offset=None):
+                 data_offset=None, grid='centred'):
     """Slow DK: kernel_offset (N, 2K^2, Ho, Wo) local or (N, 2K^2) global; square K only."""
     n_img, c, h, w = x.shape
     o, s_h, s_w = weight.shape[0], weight.shape[2], weight.shape[3]
@@ -78,8 +83,8 @@ def reference_dk(x, weight, kernel_offset, k, stride=1, padding=0, dilation=1, g
                 for i in range(k):
                     for j in range(k):
                         t = i * k + j
-                        tap = _scope_value(weight, _base(k, s_h, i) + off[2 * t],
-                                           _base(k, s_w, j) + off[2 * t + 1])  # (O, C/G)
+                        tap = _scope_value(weight, _base(k, s_h, i, grid) + off[2 * t],
+                                           _base(k, s_w, j, grid) + off[2 * t + 1])  # (O, C/G)
                         y, xx = oy * stride - padding + i * dilation, ox * stride - padding + j * dilation
                         if data_offset is None:
                             sample = _pixel(x, b, y, xx)
@@ -102,7 +107,7 @@ def reference_dk(x, weight, kernel_offset, k, stride=1, padding=0, dilation=1, g
 
 
 # ----------------------------------------------------------------------------- helpers
-def clean_kernel_offsets(shape, k, scope, gen):
+def clean_kernel_offsets(shape, k, scope, gen, grid='centred'):
     """Offsets (N, 2K^2, ...) whose positions keep >= 0.1 away from integers and the clip borders.
 
     Positions are drawn in cells -1 .. S-1 (cell -1 and cell S-1 lie outside [0, S-1]: clipped).
@@ -110,8 +115,9 @@ def clean_kernel_offsets(shape, k, scope, gen):
     n, rest = shape[0], shape[2:]
     cell = torch.randint(-1, scope, (n, k * k, 2) + tuple(rest), generator=gen).to(DT)
     pos = cell + 0.1 + 0.8 * torch.rand(cell.shape, generator=gen, dtype=DT)
-    base = kernel_base_grid(k, scope, dtype=DT).view(1, k * k, 2, *([1] * len(rest)))
-    return (pos - base).reshape(shape)
+    base = torch.tensor([[_base(k, scope, i, grid), _base(k, scope, j, grid)]
+                         for i in range(k) for j in range(k)], dtype=DT)
+    return (pos - base.view(1, k * k, 2, *([1] * len(rest)))).reshape(shape)
 
 
 def clean_data_offsets(shape, gen, scale=1.5):
@@ -136,15 +142,16 @@ CASES = [
 IDS = ['k3s3', 'k3s4-stride2', 'k3s5-dil2-grouped', 'k3s4-depthwise', 'k1s1', 'k1s3-stride2']
 
 
-def make_case(case, local, seed=0, size=(5, 6), n=1):
+def make_case(case, local, seed=0, size=(5, 6), n=1, grid='centred'):
     k, s, stride, padding, dilation, groups, cin, cout = case
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, *size, generator=gen, dtype=DT)
     weight = torch.randn(cout, cin // groups, s, s, generator=gen, dtype=DT)
     ho, wo = (out_size(v, k, stride, padding, dilation) for v in size)
     shape = (n, 2 * k * k, ho, wo) if local else (n, 2 * k * k)
-    offset = clean_kernel_offsets(shape, k, s, gen)
-    conv = dict(kernel_size=k, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    offset = clean_kernel_offsets(shape, k, s, gen, grid)
+    conv = dict(kernel_size=k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                grid=grid)
     return x, weight, offset, conv
 
 
@@ -155,35 +162,17 @@ def _grads(out, inputs, gen_seed=1):
 
 
 # ----------------------------------------------------------------------------- tests
-def test_base_grid_spacing():
-    assert torch.equal(kernel_base_grid(3, 3)[:, 0], torch.tensor([0., 0, 0, 1, 1, 1, 2, 2, 2]))
-    assert torch.allclose(kernel_base_grid(3, 4)[:3, 1], torch.tensor([0., 1.5, 3.]))
-    assert torch.equal(kernel_base_grid(1, 4), torch.tensor([[1.5, 1.5]]))
-    assert torch.equal(kernel_base_grid((1, 3), (2, 3)), torch.tensor([[0.5, 0], [0.5, 1], [0.5, 2]]))
-
-
-def test_sampling_weights_bilinear_and_clipped():
-    off = torch.tensor([[0.25, -0.5], [5.0, -7.0]], dtype=DT).view(2, 1, 2)
-    b = kernel_sampling_weights(off, 1, 3).view(2, 3, 3)  # base (1, 1)
-    expect0 = torch.zeros(3, 3, dtype=DT)
-    expect0[1, 0], expect0[1, 1], expect0[2, 0], expect0[2, 1] = .375, .375, .125, .125
-    assert torch.allclose(b[0], expect0)
-    expect1 = torch.zeros(3, 3, dtype=DT)
-    expect1[2, 0] = 1  # clipped to the bottom-left corner
-    assert torch.equal(b[1], expect1)
-    assert torch.equal(kernel_sampling_weights(torch.zeros(9, 2), 3, 3), torch.eye(9))
-
-
+@pytest.mark.parametrize('grid', GRIDS)
 @pytest.mark.parametrize('case', CASES, ids=IDS)
 @pytest.mark.parametrize('local', [True, False], ids=['local', 'global'])
-def test_matches_reference(case, local):
-    x, weight, offset, conv = make_case(case, local, n=2 if local else 1)
+def test_matches_reference(case, local, grid):
+    x, weight, offset, conv = make_case(case, local, n=2 if local else 1, grid=grid)
     inputs = [t.requires_grad_() for t in (x, weight, offset)]
     op = deformable_kernel_local if local else deformable_kernel_global
     extra = dict(chunk_size=7) if local else {}
     out = op(*inputs, **conv, **extra)
     ref = reference_dk(*inputs, conv['kernel_size'], conv['stride'], conv['padding'],
-                       conv['dilation'], conv['groups'])
+                       conv['dilation'], conv['groups'], grid=grid)
     torch.testing.assert_close(out, ref)
     for got, want, name in zip(_grads(out, inputs), _grads(ref, inputs), ('x', 'weight', 'offset')):
         torch.testing.assert_close(got, want, msg=lambda m: f'grad {name}: {m}')
@@ -265,18 +254,30 @@ def test_zero_offsets_equal_conv2d(stride, padding, dilation, groups, local):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_larger_scope_at_zero_offsets_samples_scope_grid():
-    """S > K, zero offsets: the conv whose taps are the bilinear samples of the scope grid."""
+def _mean_of_neighbours(weight, dim):
+    """Interpolation half-way between neighbouring cells along dim: S cells -> S-1."""
+    size = weight.shape[dim]
+    return (weight.narrow(dim, 0, size - 1) + weight.narrow(dim, 1, size - 1)) / 2
+
+
+@pytest.mark.parametrize('grid', GRIDS)
+def test_larger_scope_at_zero_offsets_samples_scope_grid(grid):
+    """S = 4 > K = 3, zero offsets: centred taps at 0.5, 1.5, 2.5 average neighbouring cells;
+    spread taps at 0, 1.5, 3 keep the border cells and average the two middle ones."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, 6, 6, generator=gen, dtype=DT)
     weight = torch.randn(2, 3, 4, 4, generator=gen, dtype=DT)
-    mid = (weight[:, :, 1:2] + weight[:, :, 2:3]) / 2  # rows at 1.5
-    rows = torch.cat([weight[:, :, :1], mid, weight[:, :, 3:]], 2)
-    kernel = torch.cat([rows[..., :1], (rows[..., 1:2] + rows[..., 2:3]) / 2, rows[..., 3:]], 3)
+    if grid == 'centred':
+        kernel = _mean_of_neighbours(_mean_of_neighbours(weight, 2), 3)
+    else:
+        rows = torch.cat([weight[:, :, :1], _mean_of_neighbours(weight[:, :, 1:3], 2), weight[:, :, 3:]], 2)
+        kernel = torch.cat([rows[..., :1], _mean_of_neighbours(rows[..., 1:3], 3), rows[..., 3:]], 3)
     ref = F.conv2d(x, kernel, padding=1)
-    out = deformable_kernel_local(x, weight, torch.zeros(1, 18, 6, 6, dtype=DT), 3, padding=1)
+    chosen = {} if grid == 'centred' else dict(grid=grid)  # centred is the default
+    out = deformable_kernel_local(x, weight, torch.zeros(1, 18, 6, 6, dtype=DT), 3, padding=1, **chosen)
     torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(resample_kernel(weight, torch.zeros(1, 18, dtype=DT), 3)[0], kernel)
+    out = deformable_kernel_global(x, weight, torch.zeros(1, 18, dtype=DT), 3, padding=1, **chosen)
+    torch.testing.assert_close(out, ref)
 
 
 def test_border_gradient_is_inward_one_sided_derivative():
@@ -295,35 +296,35 @@ def test_border_gradient_is_inward_one_sided_derivative():
         step = torch.zeros_like(offset)
         step[0, channel, 2, 2] = inward * h
         one_sided = inward * (loss(offset + step) - loss(offset)) / h
-        assert abs(grad[0, channel, 2, 2].item()) > 1e-3
+        assert abs(grad[0, channel, 2, 2].item()) > 1e-3  # else the comparison below proves nothing
         assert grad[0, channel, 2, 2].item() == pytest.approx(one_sided.item(), rel=1e-4)
         outward = (loss(offset - step) - loss(offset)).item()
         assert outward == 0.0  # beyond the border the tap does not move
 
 
-def make_dcn_case(size, seed):
-    """x (1, 4, H, W), scope weights (4, 2, 4, 4) (groups 2), local and global kernel offsets,
+def make_dcn_case(size, seed, grid='centred', n=1):
+    """x (N, 4, H, W), scope weights (4, 2, 4, 4) (groups 2), local and global kernel offsets,
     data offsets with 2 deform groups; 3x3 kernel, padding 1."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 4, *size, generator=gen, dtype=DT)
+    x = torch.randn(n, 4, *size, generator=gen, dtype=DT)
     weight = torch.randn(4, 2, 4, 4, generator=gen, dtype=DT)
-    kernel_local = clean_kernel_offsets((1, 18) + size, 3, 4, gen)
-    kernel_global = clean_kernel_offsets((1, 18), 3, 4, gen)
-    data = clean_data_offsets((1, 2 * 2 * 9) + size, gen)
+    kernel_local = clean_kernel_offsets((n, 18) + size, 3, 4, gen, grid)
+    kernel_global = clean_kernel_offsets((n, 18), 3, 4, gen, grid)
+    data = clean_data_offsets((n, 2 * 2 * 9) + size, gen)
     return x, weight, kernel_local, kernel_global, data
 
 
 DCN_CONV = dict(kernel_size=3, stride=1, padding=1, dilation=1, groups=2)
 
 
+@pytest.mark.parametrize('grid', GRIDS)
 @pytest.mark.parametrize('local', [True, False], ids=['local', 'global'])
-def test_dcn_dk_matches_reference(local):
-    pytest.importorskip('deform_viz.ops.deform_conv')
-    x, weight, kernel_local, kernel_global, data = make_dcn_case((4, 5), seed=5)
+def test_dcn_dk_matches_reference(local, grid):
+    x, weight, kernel_local, kernel_global, data = make_dcn_case((4, 5), seed=5, grid=grid)
     op = deformable_kernel_local if local else deformable_kernel_global
     inputs = [t.requires_grad_() for t in (x, weight, kernel_local if local else kernel_global, data)]
-    out = op(*inputs[:3], data_offset=inputs[3], **DCN_CONV)
-    ref = reference_dk(*inputs[:3], 3, 1, 1, 1, 2, data_offset=inputs[3])
+    out = op(*inputs[:3], data_offset=inputs[3], grid=grid, **DCN_CONV)
+    ref = reference_dk(*inputs[:3], 3, 1, 1, 1, 2, data_offset=inputs[3], grid=grid)
     torch.testing.assert_close(out, ref)
     for got, want, name in zip(_grads(out, inputs), _grads(ref, inputs),
                                ('x', 'weight', 'kernel_offset', 'data_offset')):
@@ -332,7 +333,6 @@ def test_dcn_dk_matches_reference(local):
 
 @pytest.mark.parametrize('local', [True, False], ids=['local', 'global'])
 def test_dcn_dk_gradcheck(local):
-    pytest.importorskip('deform_viz.ops.deform_conv')
     x, weight, kernel_local, kernel_global, data = make_dcn_case((3, 3), seed=6)
     op = deformable_kernel_local if local else deformable_kernel_global
 
@@ -346,7 +346,6 @@ def test_dcn_dk_gradcheck(local):
 @pytest.mark.parametrize('stride', [1, 2])
 def test_dcn_dk_chunked_equals_unchunked(stride):
     """Chunks re-sample their rows with shifted dy offsets; any chunking gives the same result."""
-    pytest.importorskip('deform_viz.ops.deform_conv')
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(2, 4, 7, 6, generator=gen, dtype=DT)
     weight = torch.randn(6, 4, 4, 4, generator=gen, dtype=DT)
@@ -368,26 +367,115 @@ def test_dcn_dk_chunked_equals_unchunked(stride):
 
 
 def test_zero_data_offsets_equal_plain_dk():
-    pytest.importorskip('deform_viz.ops.deform_conv')
     x, weight, offset, conv = make_case((3, 4, 2, 1, 1, 1, 3, 4), True, n=2)
     zeros = torch.zeros(2, 18, *offset.shape[2:], dtype=DT)
     torch.testing.assert_close(deformable_kernel_local(x, weight, offset, data_offset=zeros, **conv),
                                deformable_kernel_local(x, weight, offset, **conv))
 
 
-def test_errors():
-    x = torch.randn(1, 4, 6, 6)
-    with pytest.raises(ValueError, match='scope 2x2 is smaller than the kernel 3x3'):
-        deformable_kernel_local(x, torch.randn(4, 4, 2, 2), torch.zeros(1, 18, 6, 6), 3, padding=1)
-    with pytest.raises(ValueError, match=r'kernel_offset must have shape \(1, 18, 6, 6\)'):
-        deformable_kernel_local(x, torch.randn(4, 4, 3, 3), torch.zeros(1, 18, 5, 5), 3, padding=1)
-    with pytest.raises(ValueError, match=r'kernel_offset must have shape \(1, 18\)'):
-        deformable_kernel_global(x, torch.randn(4, 4, 3, 3), torch.zeros(1, 9), 3, padding=1)
-    with pytest.raises(ValueError, match='divisible by groups'):
-        deformable_kernel_local(x, torch.randn(4, 1, 3, 3), torch.zeros(1, 18, 6, 6), 3, 1, 1,
-                                groups=3)
-    with pytest.raises(ValueError, match='data_offset must have shape'):
-        deformable_kernel_local(x, torch.randn(4, 4, 3, 3), torch.zeros(1, 18, 6, 6), 3, padding=1,
-                                data_offset=torch.zeros(1, 17, 6, 6))
-    with pytest.raises(ValueError, match=r'\(\.\.\., 9, 2\)'):
-        kernel_sampling_weights(torch.zeros(4, 2), 3, 3)
+# ----------------------------------------------------------------------------- torchvision-style cases
+# (op, kernel_offset shape, data offsets?) for a (N, 4, 5, 6) input, 3x3 kernel, padding 1, groups 2
+OPS = [pytest.param(deformable_kernel_local, True, False, id='local'),
+       pytest.param(deformable_kernel_global, False, False, id='global'),
+       pytest.param(deformable_kernel_local, True, True, id='dcn-local'),
+       pytest.param(deformable_kernel_global, False, True, id='dcn-global')]
+
+
+def make_op_inputs(local, deform_data, n=2, dtype=DT, device='cpu'):
+    x, weight, kernel_local, kernel_global, data = make_dcn_case((5, 6), seed=11, n=n)
+    inputs = dict(x=x, weight=weight, kernel_offset=kernel_local if local else kernel_global)
+    if deform_data:
+        inputs['data_offset'] = data
+    return {k: v.to(device, dtype).requires_grad_() for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize('op,local,deform_data', OPS)
+def test_batch_size_zero(op, local, deform_data):
+    inputs = make_op_inputs(local, deform_data, n=0)
+    bias = torch.randn(4, dtype=DT, requires_grad=True)
+    out = op(**inputs, bias=bias, **DCN_CONV)
+    assert out.shape == (0, 4, 5, 6)
+    leaves = list(inputs.values()) + [bias]
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    for leaf, grad in zip(leaves, grads):
+        assert grad is None or (grad.shape == leaf.shape and not grad.any())
+    assert grads[0].shape == (0, 4, 5, 6) and torch.equal(grads[1], torch.zeros_like(inputs['weight']))
+
+
+@pytest.mark.parametrize('layout', LAYOUTS[1:])
+@pytest.mark.parametrize('op,local,deform_data', OPS)
+def test_memory_layouts_give_the_same_result(op, local, deform_data, layout):
+    inputs = make_op_inputs(local, deform_data)
+    extra = dict(chunk_size=7) if local else {}
+    out = op(**inputs, **DCN_CONV, **extra)
+    grads = _grads(out, list(inputs.values()))
+    moved = {k: relayout(v, layout) if v.dim() == 4 else v for k, v in inputs.items()}
+    out_moved = op(**moved, **DCN_CONV, **extra)
+    torch.testing.assert_close(out_moved, out)
+    for name, a, b in zip(inputs, _grads(out_moved, list(moved.values())), grads):
+        torch.testing.assert_close(a, b, msg=lambda m: f'grad {name}: {m}')
+
+
+@pytest.mark.parametrize('device,dtype', AUTOCAST)
+@pytest.mark.parametrize('op,local,deform_data', OPS)
+def test_autocast_matches_float32(op, local, deform_data, device, dtype):
+    """The same float32 inputs inside autocast: output in autocast's dtype, values and gradients
+    within AUTOCAST_RTOL of float32."""
+    inputs = make_op_inputs(local, deform_data, dtype=torch.float32, device=device)
+    bias = torch.randn(4, device=device, requires_grad=True)
+    leaves = list(inputs.values()) + [bias]
+    out = op(**inputs, bias=bias, **DCN_CONV)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    expected = torch.autograd.grad(out, leaves, cot)
+    with torch.autocast(device, dtype=dtype):
+        low = op(**inputs, bias=bias, **DCN_CONV)
+    assert low.dtype == dtype
+    assert relative_error(low, out) < AUTOCAST_RTOL
+    for name, a, b in zip(list(inputs) + ['bias'], torch.autograd.grad(low, leaves, cot.to(dtype)), expected):
+        assert a.dtype == torch.float32, name
+        assert relative_error(a, b) < AUTOCAST_RTOL, name
+
+
+@needs_cuda
+@pytest.mark.parametrize('op,local,deform_data', OPS)
+def test_cuda_matches_cpu(op, local, deform_data):
+    inputs = make_op_inputs(local, deform_data)
+    out = op(**inputs, **DCN_CONV)
+    expected = _grads(out, list(inputs.values()))
+    cuda = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
+    out_cuda = op(**cuda, **DCN_CONV)
+    torch.testing.assert_close(out_cuda.cpu(), out)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=DT).cuda()
+    for name, a, b in zip(inputs, torch.autograd.grad(out_cuda, list(cuda.values()), cot), expected):
+        torch.testing.assert_close(a.cpu(), b, msg=lambda m: f'grad {name}: {m}')
+
+
+X, OFFSETS = torch.zeros(1, 4, 6, 6), torch.zeros(1, 18, 6, 6)
+
+
+@pytest.mark.parametrize('args,kwargs,message', [
+    ((torch.zeros(4, 6, 6), torch.zeros(4, 4, 3, 3), OFFSETS), {}, r'x must be \(N, C, H, W\), got shape \(4, 6, 6\)'),
+    ((X, torch.zeros(4, 4, 9), OFFSETS), {}, r'weight must be \(O, C/groups, Sh, Sw\), got shape \(4, 4, 9\)'),
+    ((X, torch.zeros(4, 4, 2, 2), OFFSETS), {}, 'scope 2x2 is smaller than the kernel 3x3'),
+    ((X, torch.zeros(4, 1, 3, 3), OFFSETS), dict(groups=3), r'must be divisible by groups \(3\)'),
+    ((X, torch.zeros(4, 2, 3, 3), OFFSETS), {}, 'weight has 2 input channels per group; x has 4 channels'),
+    ((torch.zeros(1, 4, 1, 1), torch.zeros(4, 4, 3, 3), OFFSETS), dict(padding=0),
+     'input 1x1 is too small for kernel 3x3'),
+    ((X, torch.zeros(4, 4, 3, 3), torch.zeros(1, 18, 5, 5)), {},
+     r'local \(N, 2\*Kh\*Kw, Ho, Wo\) kernel_offset must have shape \(1, 18, 6, 6\)'),
+    ((X, torch.zeros(4, 4, 3, 3), OFFSETS), dict(data_offset=torch.zeros(1, 17, 6, 6)),
+     r'data_offset must have shape \(N, 2\*deform_groups\*9, 6, 6\)'),
+    ((X, torch.zeros(4, 4, 4, 4), OFFSETS), dict(grid='even'), r"grid must be one of \('centred', 'spread'\), got 'even'"),
+    ((X, torch.zeros(4, 4, 3, 3, dtype=DT), OFFSETS), {}, 'weight has dtype torch.float64 but the input has torch.float32'),
+])
+def test_local_errors_name_the_problem(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        deformable_kernel_local(*args, 3, **{'padding': 1, **kwargs})
+
+
+def test_global_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r'global \(N, 2\*Kh\*Kw\) kernel_offset must have shape \(1, 18\)'):
+        deformable_kernel_global(X, torch.zeros(4, 4, 3, 3), torch.zeros(1, 9), 3, padding=1)
+    with pytest.raises(ValueError, match=r'data_offset must have shape .* got \(2, 18, 6, 6\)'):
+        deformable_kernel_global(X, torch.zeros(4, 4, 3, 3), torch.zeros(1, 18), 3, padding=1,
+                                 data_offset=torch.zeros(2, 18, 6, 6))

@@ -33,20 +33,37 @@ def test_split_merge_roundtrip_and_channel_check():
         split_offsets(torch.randn(1, 20, 3, 3), 3)
 
 
+def test_projection_known_answer():
+    """Tap n of a 3x3 kernel offset by (n, -2n) at one location and (1, 1) everywhere at the other:
+    d_f = (4, -8) and (1, 1), d_k = (n - 4, 8 - 2n) and (0, 0)."""
+    taps = torch.arange(9, dtype=torch.float64)
+    fields = torch.zeros(1, 1, 9, 2, 1, 2, dtype=torch.float64)
+    fields[0, 0, :, 0, 0, 0], fields[0, 0, :, 1, 0, 0] = taps, -2 * taps
+    fields[0, 0, :, :, 0, 1] = 1
+    offset = merge_offsets(fields)
+    d_f = split_offsets(project_offsets(offset, 3, 'd_f'), 3)
+    d_k = split_offsets(project_offsets(offset, 3, 'd_k'), 3)
+    assert torch.equal(d_f[0, 0, :, :, 0, 0], torch.tensor([[4., -8.]] * 9, dtype=torch.float64))
+    assert torch.equal(d_f[0, 0, :, :, 0, 1], torch.ones(9, 2, dtype=torch.float64))
+    assert torch.equal(d_k[0, 0, :, :, 0, 0], torch.stack([taps - 4, 8 - 2 * taps], dim=1))
+    assert torch.equal(d_k[0, 0, :, :, 0, 1], torch.zeros(9, 2, dtype=torch.float64))
+    assert torch.equal(offset_df(fields)[0, 0, :, 0], torch.tensor([[4., 1.], [-8., 1.]], dtype=torch.float64))
+    assert torch.equal(offset_dk(fields), d_k)
+    assert project_offsets(offset, 3, 'full') is offset
+
+
 @pytest.mark.parametrize('kernel_size', [1, 3, 5])
-def test_df_plus_dk_is_the_offset(kernel_size):
+def test_df_plus_dk_is_the_offset_and_legacy_names_agree(kernel_size):
     offset = torch.randn(2, 2 * 3 * kernel_size ** 2, 4, 4, dtype=torch.float64)
-    df, dk = (project_offsets(offset, kernel_size, c) for c in ('df', 'dk'))
-    assert torch.allclose(df + dk, offset, atol=1e-12)
-    assert project_offsets(offset, kernel_size, 'full') is offset
-    fields = split_offsets(offset, kernel_size)
-    assert torch.allclose(split_offsets(df, kernel_size), offset_df(fields).unsqueeze(2).expand_as(fields))
-    assert offset_dk(fields).mean(dim=2).abs().max() < 1e-12
+    d_f, d_k = (project_offsets(offset, kernel_size, c) for c in ('d_f', 'd_k'))
+    torch.testing.assert_close(d_f + d_k, offset, rtol=0, atol=1e-12)
+    assert torch.equal(project_offsets(offset, kernel_size, 'df'), d_f)
+    assert torch.equal(project_offsets(offset, kernel_size, 'dk'), d_k)
 
 
 def test_unknown_component_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown offset component 'd_f'.*'full', 'df', 'dk'"):
-        project_offsets(torch.zeros(1, 18, 2, 2), 3, 'd_f')
+    with pytest.raises(ValueError, match=r"unknown offset component 'dkernel'; expected one of \('full', 'd_f', 'd_k'\)"):
+        project_offsets(torch.zeros(1, 18, 2, 2), 3, 'dkernel')
 
 
 def test_divergence_sign_of_sinks_and_sources():
