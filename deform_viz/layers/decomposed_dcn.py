@@ -6,21 +6,27 @@
 :func:`deform_viz.ops.offset_fields.project_offsets`:
 
 - ``component='full'``: the offsets as predicted (the plain DCN);
-- ``component='df'``:   every tap gets d_f, the mean offset over the K*K taps ("revisiting" Eq. 2);
-- ``component='dk'``:   every tap gets its offset minus d_f (Eq. 3).
+- ``component='d_f'``:  every tap gets d_f, the mean offset over the K*K taps ("revisiting" Eq. 2);
+- ``component='d_k'``:  every tap gets its offset minus d_f (Eq. 3).
+
+The legacy spellings ``'df'`` and ``'dk'`` are read as ``'d_f'`` and ``'d_k'``.
 
 Because the state dict is mmcv's, a checkpoint trained with ``DCN``/``DCNv2`` loads into
 ``DFOnlyDCN``/``DKOnlyDCN`` unchanged, which is the test-time projection ablation.
 """
 import math
+from typing import Optional
 
 import torch
-from mmcv.ops import ModulatedDeformConv2d
+import torch.nn.functional as F
+from mmcv.ops import ModulatedDeformConv2d, deform_conv2d, modulated_deform_conv2d
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from ..ops.deform_conv import deform_conv2d_torch
-from ..ops.offset_fields import COMPONENTS, project_offsets
+from ..ops.offset_fields import project_offsets
+from ..ops.utils import conv_output_size
+from ..variants import component_name, dcn_variant
 
 BACKENDS = ('auto', 'torch', 'mmcv')
 
@@ -36,10 +42,12 @@ class DecomposedDCN(ModulatedDeformConv2d):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, deform_groups,
         bias: as mmcv's ``DeformConv2dPack`` (``bias`` is also allowed for v1 here).
-        component: ``'full'``, ``'df'`` or ``'dk'``: which part of the predicted offsets is used.
+        component: ``'full'``, ``'d_f'`` or ``'d_k'`` (legacy ``'df'``, ``'dk'``): which part of
+            the predicted offsets is used.
         modulated: DCNv2 (``conv_offset`` also predicts a sigmoid mask per tap).
         backend: ``'torch'`` (:func:`deform_conv2d_torch`), ``'mmcv'`` (mmcv's compiled op) or
-            ``'auto'``: mmcv's op for CUDA tensors, the torch path otherwise.
+            ``'auto'``: mmcv's op for CUDA tensors, the torch path otherwise. Both take maps
+            smaller than the kernel (mmcv's v1 op after padding them, as mmcv's ``DCN`` does).
         im2col_step: passed to mmcv's v1 op (as in mmcv).
 
     Shapes: input ``(N, in_channels, H, W)`` -> ``(N, out_channels, Ho, Wo)``;
@@ -51,17 +59,17 @@ class DecomposedDCN(ModulatedDeformConv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, deform_groups: int = 1, bias: bool = False, *,
-                 component: str = None, modulated: bool = False, backend: str = 'auto',
+                 component: Optional[str] = None, modulated: bool = False, backend: str = 'auto',
                  im2col_step: int = 32):
         name = type(self).__name__
+        if component is not None:
+            component = component_name(component)
         if self.fixed_component is not None:
             if component not in (None, self.fixed_component):
                 raise ValueError(f'{name} always uses component={self.fixed_component!r}, got '
                                  f'{component!r}; use DecomposedDCN to choose the component')
             component = self.fixed_component
         component = 'full' if component is None else component
-        if component not in COMPONENTS:
-            raise ValueError(f'{name}: unknown component {component!r}; expected one of {COMPONENTS}')
         if backend not in BACKENDS:
             raise ValueError(f'{name}: unknown backend {backend!r}; expected one of {BACKENDS}')
         for what, channels in (('in_channels', in_channels), ('out_channels', out_channels)):
@@ -82,9 +90,8 @@ class DecomposedDCN(ModulatedDeformConv2d):
 
     @property
     def variant(self) -> str:
-        """'dcn', 'dcn_df', 'dcn_dk' (v1) or 'dcnv2', 'dcnv2_df', 'dcnv2_dk' (modulated)."""
-        base = 'dcnv2' if self.modulated else 'dcn'
-        return base if self.component == 'full' else f'{base}_{self.component}'
+        """The key of :mod:`deform_viz.variants`: ``'dcn'``, ``'dcn-df'``, ... ``'dcnv2-dk'``."""
+        return dcn_variant(self.modulated, self.component)
 
     def reset_parameters(self) -> None:
         """mmcv's initialisation of the main weight (v1: Kaiming uniform; v2: U(+-1/sqrt(fan_in))),
@@ -120,18 +127,40 @@ class DecomposedDCN(ModulatedDeformConv2d):
     def forward(self, x: Tensor) -> Tensor:
         offset, mask = self.offsets(x)
         offset = project_offsets(offset, self.kernel_size, self.component)
-        if self.backend == 'mmcv' or (self.backend == 'auto' and x.is_cuda):
+        if self.uses_mmcv(x):
             return self._mmcv_forward(x, offset, mask)
         return deform_conv2d_torch(x, offset, self.weight, self.bias, self.stride, self.padding,
                                    self.dilation, self.groups, mask)
 
+    def uses_mmcv(self, x: Tensor) -> bool:
+        """Whether ``forward(x)`` runs mmcv's op (else :func:`deform_conv2d_torch`, which is
+        numerically equal). mmcv's ops refuse an empty batch; the torch path returns one."""
+        wanted = self.backend == 'mmcv' or (self.backend == 'auto' and x.is_cuda)
+        return wanted and x.shape[0] > 0
+
     def _mmcv_forward(self, x: Tensor, offset: Tensor, mask) -> Tensor:
-        from mmcv.ops import deform_conv2d, modulated_deform_conv2d
+        # mmcv's kernels index their inputs as contiguous memory: other layouts give wrong numbers
+        x, offset = x.contiguous(), offset.contiguous()
         if self.modulated:
+            mask = mask.contiguous()
             return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride,
                                            self.padding, self.dilation, self.groups, self.deform_groups)
+        # mmcv's v1 op refuses maps smaller than the kernel. Pad them at the bottom and right, as
+        # mmcv's DeformConv2dPack does: the op reads zeros beyond the map anyway. The offsets are
+        # padded to the padded map's output size (mmcv pads them like the input, which only fits
+        # stride 1), and the extra output rows and columns are cut off.
+        out_h, out_w = offset.shape[2:]
+        pad_h = max(self.kernel_size[0] - x.shape[2], 0)
+        pad_w = max(self.kernel_size[1] - x.shape[3], 0)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+            padded_h, padded_w = conv_output_size(x.shape[2:], self.kernel_size, self.stride,
+                                                  self.padding, self.dilation)
+            offset = F.pad(offset, (0, padded_w - out_w, 0, padded_h - out_h))
         out = deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation,
                             self.groups, self.deform_groups, False, self.im2col_step)
+        if pad_h or pad_w:
+            out = out[:, :, :out_h, :out_w]
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -146,10 +175,10 @@ class DecomposedDCN(ModulatedDeformConv2d):
 @MODELS.register_module()
 class DFOnlyDCN(DecomposedDCN):
     """:class:`DecomposedDCN` that samples every tap at p0 + rigid tap + d_f(p0) (a shifted kernel)."""
-    fixed_component = 'df'
+    fixed_component = 'd_f'
 
 
 @MODELS.register_module()
 class DKOnlyDCN(DecomposedDCN):
     """:class:`DecomposedDCN` that samples with d_k = offset - d_f (the kernel shape, not its shift)."""
-    fixed_component = 'dk'
+    fixed_component = 'd_k'

@@ -17,11 +17,12 @@ from mmengine.logging import print_log
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..ops.deformable_kernel import (_pair, deformable_kernel_global, deformable_kernel_local,
-                                     kernel_sampling_weights)
+from ..ops.deformable_kernel import deformable_kernel_global, deformable_kernel_local
+from ..ops.kernel_sampling import GRIDS, check_scope, scope_from_kernel
+from ..ops.utils import to_pair
+from ..variants import dkernel_variant
 
 MODES = ('local', 'global')
-BACKENDS = ('auto', 'torch')
 
 
 @MODELS.register_module(name=['DeformableKernel', 'DK'])
@@ -31,8 +32,8 @@ class DeformableKernel(nn.Module):
     The K x K taps sample an S x S scope of weights at ``base + kernel offset`` (scope cells,
     clipped to the scope, bilinear); the data grid stays rigid unless ``deform_data=True``, which
     adds DCN data offsets (DK paper Eq. 11). With zero offsets and S = K the layer is exactly
-    ``nn.Conv2d`` with the same weights; with S > K its taps are bilinear samples of the scope
-    spaced evenly over it.
+    ``nn.Conv2d`` with the same weights; with S > K its taps are bilinear samples of the scope at
+    the rigid grid (``grid``).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
@@ -48,36 +49,37 @@ class DeformableKernel(nn.Module):
             2*deform_groups*K*K channels).
         chunk_size: output locations per chunk of the local op (bounds memory); ``None`` picks
             about 16 MB of columns per chunk.
-        backend: ``'auto'`` or ``'torch'``; the op is pure PyTorch on every device (mmcv has no
-            deformable-kernel op).
+        grid: the rigid tap grid in the scope: ``'centred'`` (default; the official DK code's
+            unit-spaced taps centred in the scope, S = 4, K = 3: 0.5, 1.5, 2.5) or ``'spread'``
+            (taps spread evenly over the scope: 0, 1.5, 3); see
+            :mod:`deform_viz.ops.kernel_sampling`.
+
+    The op is pure PyTorch on every device (mmcv has no deformable-kernel op) and runs under
+    autocast.
 
     Loading a state dict whose ``weight`` is a K x K kernel of the same channels (an ImageNet
-    ResNet checkpoint, say) maps it into the scope with :func:`scope_from_kernel`, so the layer
+    ResNet checkpoint, say) maps it into the scope with :func:`deform_viz.ops.scope_from_kernel`, so the layer
     starts as exactly that conv.
 
     Attributes read by the offset dump hook: ``kernel_size``, ``stride``, ``padding``,
-    ``dilation`` (pairs), ``groups``, ``deform_groups``, ``mode``, ``scope`` (pair),
-    ``deform_data`` and ``variant`` (``'dk_local'``, ``'dk_global'``, ``'dcn_dk_local'``,
-    ``'dcn_dk_global'``). Kernel offsets are in scope cells, data offsets in input pixels.
+    ``dilation`` (pairs), ``groups``, ``deform_groups``, ``mode``, ``scope`` (pair), ``grid``,
+    ``deform_data`` and ``variant`` (the key of :mod:`deform_viz.variants`, e.g.
+    ``'dkernel-local-s4'``, ``'dcn-dkernel-global-s4'``). Kernel offsets are in scope cells,
+    data offsets in input pixels.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, deform_groups: int = 1, bias: bool = False,
                  mode: str = 'local', scope=None, deform_data: bool = False,
-                 chunk_size: Optional[int] = None, backend: str = 'auto'):
+                 chunk_size: Optional[int] = None, grid: str = 'centred'):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"DeformableKernel mode must be one of {MODES}, got {mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f'DeformableKernel backend must be one of {BACKENDS}, got {backend!r} '
-                             f'(the op is pure PyTorch on CPU and GPU; mmcv has no DK op)')
-        self.kernel_size = _pair(kernel_size, 'kernel_size')
-        self.scope = self.kernel_size if scope is None else _pair(scope, 'scope')
-        if min(self.kernel_size) < 1:
-            raise ValueError(f'kernel_size must be positive, got {kernel_size!r}')
-        if self.scope[0] < self.kernel_size[0] or self.scope[1] < self.kernel_size[1]:
-            raise ValueError(f'DeformableKernel scope {self.scope} must be at least the kernel size '
-                             f'{self.kernel_size}')
+        if grid not in GRIDS:
+            raise ValueError(f'DeformableKernel grid must be one of {GRIDS}, got {grid!r}')
+        self.kernel_size = to_pair(kernel_size, 'kernel_size')
+        self.scope = self.kernel_size if scope is None else to_pair(scope, 'scope')
+        check_scope(self.kernel_size, self.scope)
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(f'in_channels ({in_channels}) and out_channels ({out_channels}) must '
                              f'be divisible by groups ({groups})')
@@ -91,13 +93,13 @@ class DeformableKernel(nn.Module):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f'chunk_size must be a positive number of locations, got {chunk_size}')
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride = _pair(stride, 'stride')
-        self.padding = _pair(padding, 'padding')
-        self.dilation = _pair(dilation, 'dilation')
+        self.stride = to_pair(stride, 'stride')
+        self.padding = to_pair(padding, 'padding')
+        self.dilation = to_pair(dilation, 'dilation')
         self.groups, self.deform_groups = groups, deform_groups
-        self.mode, self.deform_data = mode, deform_data
-        self.chunk_size, self.backend = chunk_size, backend
-        self.variant = ('dcn_' if deform_data else '') + f'dk_{mode}'
+        self.mode, self.deform_data, self.grid = mode, deform_data, grid
+        self.chunk_size = chunk_size
+        self.variant = dkernel_variant(mode, self.scope, deform_data)
 
         weight = torch.empty(out_channels, in_channels // groups, *self.scope)
         if mode == 'local':  # (O, S, S, C/G) in memory: the layout of the local op's GEMM, no copies
@@ -134,7 +136,7 @@ class DeformableKernel(nn.Module):
         if (weight is not None and self.scope != self.kernel_size and weight.dim() == 4
                 and weight.shape[:2] == self.weight.shape[:2]
                 and tuple(weight.shape[2:]) == self.kernel_size):
-            state_dict[key] = scope_from_kernel(weight, self.scope)
+            state_dict[key] = scope_from_kernel(weight, self.scope, self.grid)
             print_log(f'{prefix}weight: mapped the {weight.shape[2]}x{weight.shape[3]} kernel into the '
                       f'{self.scope[0]}x{self.scope[1]} scope', logger='current')
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -157,7 +159,7 @@ class DeformableKernel(nn.Module):
         kernel_offset, data_offset = self.predict_offsets(x)
         conv = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, bias=self.bias,
-                    data_offset=data_offset)
+                    data_offset=data_offset, grid=self.grid)
         if self.mode == 'local':
             return deformable_kernel_local(x, self.weight, kernel_offset, chunk_size=self.chunk_size,
                                            **conv)
@@ -166,7 +168,7 @@ class DeformableKernel(nn.Module):
     def extra_repr(self) -> str:
         s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
              f'stride={self.stride}, padding={self.padding}, dilation={self.dilation}, '
-             f'mode={self.mode!r}, scope={self.scope}')
+             f'mode={self.mode!r}, scope={self.scope}, grid={self.grid!r}')
         if self.groups != 1:
             s += f', groups={self.groups}'
         if self.deform_data:
@@ -175,17 +177,3 @@ class DeformableKernel(nn.Module):
             s += ', bias=False'
         return s
 
-
-def scope_from_kernel(kernel: Tensor, scope) -> Tensor:
-    """Scope weights whose rigid taps (zero kernel offsets) sample ``kernel`` back exactly.
-
-    kernel (O, C/G, Kh, Kw) -> (O, C/G, Sh, Sw): the minimum-norm solution of B f = k, with B the
-    (Kh*Kw, Sh*Sw) bilinear sampling of the scope at the base grid. For K = 3, S = 4 that repeats
-    the middle row and column of the kernel.
-    """
-    kh, kw = kernel.shape[2:]
-    sh, sw = _pair(scope, 'scope')
-    rigid = kernel_sampling_weights(kernel.new_zeros(kh * kw, 2, dtype=torch.float64), (kh, kw), (sh, sw))
-    lift = torch.linalg.pinv(rigid).t()  # (Kh*Kw, Sh*Sw)
-    out = kernel.reshape(-1, kh * kw).double() @ lift
-    return out.to(kernel.dtype).view(*kernel.shape[:2], sh, sw)
