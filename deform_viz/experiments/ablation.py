@@ -16,10 +16,12 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.config import Config
 from mmengine.runner import find_latest_checkpoint
 
+from ..analysis import analyze_offsets, headline
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
 from ..variants import LABELS, projected_variant
-from .paired import check_pairing, paired_difference
+from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
+from .paired import check_pairing
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
 from .report import markdown_table, paired_report, plot_paired
 
@@ -169,10 +171,15 @@ class Ablation:
             checkpoint = f.read().strip()
         train_minutes = (time.time() - start) / 60
         cfg = row_config(row, self.settings, seed, data_root, osp.join(run_dir, 'test'))
-        raw = evaluate(cfg, checkpoint)
+        dumps = osp.join(run_dir, 'offsets') if row.variant == PROJECTED_FROM else None
+        raw = evaluate(cfg, checkpoint, dump_offsets=dumps)
         result = {'variant': row.variant, 'seed': seed, 'checkpoint': checkpoint,
                   'first_loss': read_first_loss(run_dir), 'metrics': _metrics(raw),
                   'train_minutes': round(train_minutes, 2)}
+        if dumps is not None:  # the offsets of the full DCN, for claims 2 and 3
+            report = analyze_offsets(dumps, osp.join(data_root, 'annotations', 'instances_val.json'))
+            result['offset_report'] = osp.join(run_dir, 'offset_report.json')
+            _write_json(result['offset_report'], report)
         _write_json(result_file, result)
         return result
 
@@ -198,7 +205,7 @@ class Ablation:
                                    image_size=(s.image_size, s.image_size), seed=0)
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
         values = {m: {} for m in METRICS}
-        pairing = {}
+        pairing, offset_reports = {}, {}
         for seed in s.seeds:
             results = [self.train_row(row, seed, data['out_dir']) for row in rows]
             first = {r['variant']: r['first_loss'] for r in results}
@@ -208,35 +215,19 @@ class Ablation:
                 for m in METRICS:
                     values[m].setdefault(r['variant'], {})[seed] = r['metrics'][m]
                 if r['variant'] == PROJECTED_FROM:
+                    offset_reports[seed] = _read_json(r['offset_report'])
                     for variant, component in PROJECTIONS:
                         p = self.project_row(r, variant, component, data['out_dir'])
                         for m in METRICS:
                             values[m].setdefault(variant, {})[seed] = p['metrics'][m]
         order = [r.variant for r in rows] + [v for v, _ in PROJECTIONS if PROJECTED_FROM in s.rows]
         report = paired_report(values, order, REFERENCE)
+        claims = {'d_k carries the gain': claim_dk_carries_the_gain(values['bbox_mAP']),
+                  'd_f converges': claim_df_converges(offset_reports),
+                  'd_k tracks size': claim_dk_tracks_size(offset_reports)}
         return {'settings': asdict(s), 'rows': order, 'metrics': report, 'pairing': pairing,
-                'claim_1': claim_1(report), 'minutes': round((time.time() - start) / 60, 1)}
-
-
-def claim_1(report: Dict[str, dict], metric: str = 'bbox_mAP') -> dict:
-    """The verdict on "d_k carries most of DCN's gain" by the rule fixed in docs/results/PLAN.md."""
-    by_row = report.get(metric, {})
-    if not {'dcn-df', 'dcn-dk', REFERENCE} <= set(by_row):
-        return {'verdict': 'not run', 'needs': ['baseline', 'dcn-df', 'dcn-dk']}
-    per_seed = {row: entry['per_seed'] for row, entry in by_row.items()}
-    dk_vs_df = paired_difference(per_seed, 'dcn-dk', 'dcn-df')
-    dk_vs_base = paired_difference(per_seed, 'dcn-dk', REFERENCE)
-    if dk_vs_df.verdict == 'higher' and dk_vs_base.verdict == 'higher':
-        verdict = 'reproduced'
-    elif dk_vs_df.verdict == 'lower':
-        verdict = 'contradicted'
-    else:
-        verdict = 'unresolved'
-    out = {'verdict': verdict, 'metric': metric, 'dcn-dk vs dcn-df': dk_vs_df.to_dict(),
-           'dcn-dk vs baseline': dk_vs_base.to_dict()}
-    if 'dcn' in per_seed:
-        out['dcn vs dcn-dk'] = paired_difference(per_seed, 'dcn', 'dcn-dk').to_dict()
-    return out
+                'claims': claims, 'offset_headlines': {seed: headline(r) for seed, r in offset_reports.items()},
+                'minutes': round((time.time() - start) / 60, 1)}
 
 
 def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
