@@ -1,9 +1,12 @@
 """A deterministic synthetic COCO-format detection and instance-segmentation dataset.
 
-Solid shapes of :data:`SYNTHETIC_CLASSES` in random colours, placed without overlap on textured
-backgrounds. Sizes (square root of the mask area) are drawn from COCO's small / medium / large
-bands, so ``CocoMetric``'s per-size APs all have objects. Each image is drawn from its own
-random stream ``(seed, split, index)``, so an image does not depend on how many others are made.
+Shapes of :data:`SYNTHETIC_CLASSES` with textured interiors (each class its own texture family,
+see :mod:`.textures`), placed without overlap on backgrounds of other textures. Sizes
+(sqrt of the mask area) are log-uniform from ``min_object_size`` to ``max_size_fraction`` of the
+shorter image side, so every octave holds about as many objects and every FPN level has work;
+each shape is stretched to a log-uniform aspect ratio in [1/max_aspect, max_aspect] before a
+random rotation. Each image is drawn from its own random stream ``(seed, split, index)``, so an
+image does not depend on how many others are made.
 
 Layout written under ``out_dir``::
 
@@ -24,30 +27,28 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .shapes import SHAPE_BUILDERS, polygon_area, sample_shape_polygon
-from .textures import luminance, random_background
+from .render import paint_shape
+from .shapes import DETECTION_CLASSES, polygon_area, sample_shape_polygon
+from .textures import random_background
 
-SYNTHETIC_CLASSES: Tuple[str, ...] = tuple(SHAPE_BUILDERS)
+SYNTHETIC_CLASSES: Tuple[str, ...] = DETECTION_CLASSES
 # Distinct colours for drawing predictions of each class (mmdet's visualizer reads `palette`).
 SYNTHETIC_METAINFO = dict(
     classes=SYNTHETIC_CLASSES,
     palette=[(220, 20, 60), (0, 130, 200), (60, 180, 75), (255, 200, 0), (145, 30, 180)],
 )
 SPLITS = ('train', 'val')
-GENERATOR_VERSION = 1  # bump whenever the same arguments would produce different files
+GENERATOR_VERSION = 2  # bump whenever the same arguments would produce different files
 
 MIN_IMAGE_SIDE = 32
 # COCO's area ranges: small < 32**2 <= medium < 96**2 <= large, here as sqrt(area) limits.
 COCO_SIZE_LIMITS = (32.0, 96.0)
 SIZE_NAMES = ('small', 'medium', 'large')
-SIZE_BAND_WEIGHTS = (0.4, 0.35, 0.25)
-MIN_LUMINANCE_CONTRAST = 60.0  # object colour vs. mean background under its box, in 0..255 luma
-BORDER_MARGIN = 1.0  # pixels between any box and the image border
-OBJECT_GAP = 2.0  # pixels between the boxes of two objects
-PLACEMENT_TRIES = 50
-SUPERSAMPLING = 4  # per side, for anti-aliased object edges
+BORDER_MARGIN = 1  # pixels between any box and the image border
+OBJECT_GAP = 2  # pixels between the boxes of two objects
+SHAPE_TRIES = 8
 IMAGE_NAME = re.compile(r'^\d{6}\.png$')
 
 
@@ -60,7 +61,9 @@ class GenerationArgs:
     seed: int
     max_objects: int
     min_object_size: float
-    max_object_fraction: float
+    max_size_fraction: float
+    max_aspect: float
+    class_texture_prob: float
 
     def __post_init__(self):
         for name, minimum in (('num_train', 1), ('num_val', 1), ('max_objects', 1), ('seed', 0)):
@@ -74,23 +77,32 @@ class GenerationArgs:
             raise ValueError(f'image_size must be (height, width) with integer sides >= {MIN_IMAGE_SIDE} '
                              f'pixels, got {size!r}')
         object.__setattr__(self, 'image_size', (int(size[0]), int(size[1])))
-        for name in ('min_object_size', 'max_object_fraction'):
+        for name in ('min_object_size', 'max_size_fraction', 'max_aspect', 'class_texture_prob'):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise ValueError(f'{name} must be a number, got {value!r}')
             object.__setattr__(self, name, float(value))
-        if not 0 < self.max_object_fraction <= 1:
-            raise ValueError(f'max_object_fraction must be in (0, 1], got {self.max_object_fraction!r}')
-        if not 0 < self.min_object_size <= self.max_object_extent:
+        if not 0 < self.max_size_fraction <= 0.5:
+            raise ValueError(f'max_size_fraction must be in (0, 0.5], got {self.max_size_fraction!r}')
+        if not 0 < self.min_object_size <= self.max_object_size:
             raise ValueError(
-                f'min_object_size must be in (0, {self.max_object_extent:g}] px for image_size {size} '
-                f'(max_object_fraction {self.max_object_fraction:g} of the shorter side), '
+                f'min_object_size must be in (0, {self.max_object_size:g}] px for image_size {size} '
+                f'(max_size_fraction {self.max_size_fraction:g} of the shorter side), '
                 f'got {self.min_object_size!r}; use a larger image_size or a smaller min_object_size')
+        if not 1 <= self.max_aspect <= 10:
+            raise ValueError(f'max_aspect must be in [1, 10], got {self.max_aspect!r}')
+        if not 0 <= self.class_texture_prob <= 1:
+            raise ValueError(f'class_texture_prob must be in [0, 1], got {self.class_texture_prob!r}')
+
+    @property
+    def max_object_size(self) -> float:
+        """Largest sqrt(mask area), in pixels."""
+        return self.max_size_fraction * min(self.image_size)
 
     @property
     def max_object_extent(self) -> float:
-        """Longest allowed side of an object's box, in pixels."""
-        return self.max_object_fraction * min(self.image_size)
+        """Longest side of an object's box that still fits in the image with its margins."""
+        return min(self.image_size) - 2 * BORDER_MARGIN - 1
 
     def num_images(self, split: str) -> int:
         return self.num_train if split == 'train' else self.num_val
@@ -106,11 +118,13 @@ def _is_int(value) -> bool:
 def make_synthetic_coco(out_dir: Union[str, os.PathLike],
                         num_train: int = 200,
                         num_val: int = 50,
-                        image_size: Tuple[int, int] = (320, 320),
+                        image_size: Tuple[int, int] = (192, 192),
                         seed: int = 0,
                         max_objects: int = 6,
-                        min_object_size: float = 12.0,
-                        max_object_fraction: float = 0.6,
+                        min_object_size: float = 8.0,
+                        max_size_fraction: float = 0.5,
+                        max_aspect: float = 3.0,
+                        class_texture_prob: float = 0.8,
                         force: bool = False) -> dict:
     """Write the synthetic shapes dataset under ``out_dir`` (skipped if already complete).
 
@@ -119,9 +133,14 @@ def make_synthetic_coco(out_dir: Union[str, os.PathLike],
         num_train, num_val: number of images per split (>= 1).
         image_size: ``(height, width)`` of every image, each side >= 32.
         seed: base seed; the same seed and arguments give byte-identical files.
-        max_objects: each image gets 1..max_objects objects (fewer if they do not fit).
+        max_objects: each image draws 1..max_objects objects (those that find no free spot are left out).
         min_object_size: smallest object size, as sqrt(mask area) in pixels.
-        max_object_fraction: largest box side as a fraction of the shorter image side.
+        max_size_fraction: largest object size as a fraction of the shorter image side (<= 0.5);
+            sizes are log-uniform in between.
+        max_aspect: shapes are stretched to a log-uniform aspect ratio in [1/max_aspect, max_aspect]
+            before rotation (less where the box would not fit in the image).
+        class_texture_prob: probability that an object's interior uses its class's texture family
+            (else one of the other families).
         force: regenerate even if a complete dataset with the same arguments exists.
 
     Returns:
@@ -129,7 +148,8 @@ def make_synthetic_coco(out_dir: Union[str, os.PathLike],
         ``seconds`` and per split ``ann_file``, ``img_dir``, ``images``, ``objects``,
         ``per_class`` and ``per_size`` (COCO small/medium/large) counts.
     """
-    args = GenerationArgs(num_train, num_val, image_size, seed, max_objects, min_object_size, max_object_fraction)
+    args = GenerationArgs(num_train, num_val, image_size, seed, max_objects, min_object_size, max_size_fraction,
+                          max_aspect, class_texture_prob)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f'out_dir {root} exists and is not a directory')
@@ -250,87 +270,72 @@ def render_image(rng: np.random.Generator, args: GenerationArgs) -> Tuple[np.nda
     Polygon vertices are rounded to 0.01 px and drawn exactly as annotated.
     """
     height, width = args.image_size
-    background = random_background(rng, height, width)
-    canvas = Image.fromarray(background)
+    canvas = random_background(rng, height, width)
     objects = []
-    for class_index, polygon in _place_objects(rng, _sample_objects(rng, args), height, width):
+    for class_index, polygon in _place_objects(rng, _sample_objects(rng, args), args):
         polygon = np.round(polygon, 2)
-        (x0, y0), (x1, y1) = _pixel_span(polygon)
-        colour = _contrasting_colour(rng, background[y0:y1 + 1, x0:x1 + 1].mean(axis=(0, 1)))
-        _paint_polygon(canvas, polygon, colour)
+        paint_shape(canvas, polygon, SYNTHETIC_CLASSES[class_index], rng, args.class_texture_prob)
         objects.append((class_index, polygon))
-    return np.asarray(canvas), objects
+    return canvas, objects
 
 
-def _pixel_span(polygon: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """First and last (x, y) pixel a polygon touches; as in COCO, pixel j spans [j, j + 1)."""
-    return np.floor(polygon.min(axis=0)).astype(int), np.ceil(polygon.max(axis=0)).astype(int) - 1
+def sample_object_size(rng: np.random.Generator, args: GenerationArgs) -> float:
+    """sqrt(mask area) of an object, log-uniform in [min_object_size, max_object_size]."""
+    return float(np.exp(rng.uniform(np.log(args.min_object_size), np.log(args.max_object_size))))
 
 
-def _paint_polygon(canvas: Image.Image, polygon: np.ndarray, colour: Tuple[int, int, int]) -> None:
-    """Fill ``polygon`` with anti-aliased edges: each pixel's alpha is its covered fraction,
-    measured on a SUPERSAMPLING-times finer grid, so pixels with alpha >= 0.5 match the COCO mask."""
-    first, last = _pixel_span(polygon)
-    size = last - first + 1
-    fine_polygon = (polygon - first) * SUPERSAMPLING - 0.5  # fine pixel centres at integers
-    fine_mask = Image.new('L', tuple(int(v) for v in size * SUPERSAMPLING))
-    ImageDraw.Draw(fine_mask).polygon([tuple(v) for v in fine_polygon], fill=255)
-    coverage = fine_mask.resize(tuple(int(v) for v in size), Image.BOX)
-    canvas.paste(colour, tuple(int(v) for v in (*first, *(first + size))), coverage)
+def sample_aspect(rng: np.random.Generator, args: GenerationArgs) -> float:
+    """Width / height stretch of an object before rotation, log-uniform in [1/max_aspect, max_aspect]."""
+    return float(np.exp(rng.uniform(-np.log(args.max_aspect), np.log(args.max_aspect))))
 
 
-def _sample_objects(rng: np.random.Generator, args: GenerationArgs) -> List[Tuple[int, np.ndarray]]:
-    """1..max_objects (class index, polygon at the origin) pairs, largest first."""
+def _sample_objects(rng: np.random.Generator, args: GenerationArgs) -> List[Tuple[int, float]]:
+    """1..max_objects (class index, sqrt(area)) pairs, largest first."""
     count = int(rng.integers(1, args.max_objects + 1))
-    objects = []
-    for _ in range(count):
-        class_index = int(rng.integers(len(SYNTHETIC_CLASSES)))
-        sqrt_area = _sample_sqrt_area(rng, args.min_object_size, args.max_object_extent)
-        polygon = sample_shape_polygon(SYNTHETIC_CLASSES[class_index], rng, sqrt_area, args.max_object_extent)
-        objects.append((class_index, polygon))
-    return sorted(objects, key=lambda obj: -polygon_area(obj[1]))
+    objects = [(int(rng.integers(len(SYNTHETIC_CLASSES))), sample_object_size(rng, args)) for _ in range(count)]
+    return sorted(objects, key=lambda obj: -obj[1])
 
 
-def _sample_sqrt_area(rng: np.random.Generator, low: float, high: float) -> float:
-    """Pick a COCO size band (weighted, empty bands skipped), then a log-uniform size inside it."""
-    edges = np.clip([low, *COCO_SIZE_LIMITS, high], low, high)
-    weights = np.where(edges[1:] > edges[:-1], SIZE_BAND_WEIGHTS, 0.0)
-    if weights.sum() == 0:  # low == high
-        return float(low)
-    band = rng.choice(len(weights), p=weights / weights.sum())
-    return float(np.exp(rng.uniform(np.log(edges[band]), np.log(edges[band + 1]))))
+def _place_objects(rng: np.random.Generator, objects: List[Tuple[int, float]],
+                   args: GenerationArgs) -> List[Tuple[int, np.ndarray]]:
+    """Shape each object and move it to a spot drawn uniformly from all those where its box stays
+    BORDER_MARGIN inside the image and OBJECT_GAP away from the boxes placed before.
 
-
-def _place_objects(rng, objects, height, width) -> List[Tuple[int, np.ndarray]]:
-    """Translate each polygon to a random spot whose box keeps OBJECT_GAP from earlier boxes;
-    objects that find no spot in PLACEMENT_TRIES tries are dropped."""
-    boxes, placed = [], []
-    for class_index, polygon in objects:
-        size = polygon.max(axis=0)
-        room = np.array([width, height]) - 2 * BORDER_MARGIN - size
-        for _ in range(PLACEMENT_TRIES):
-            corner = BORDER_MARGIN + rng.uniform(0, 1, size=2) * room
-            box = np.concatenate([corner, corner + size])
-            if all(_boxes_apart(box, other) for other in boxes):
-                boxes.append(box)
-                placed.append((class_index, polygon + corner))
+    An object with no such spot is reshaped (new aspect, rotation and outline details, same size)
+    up to SHAPE_TRIES times, then left out: sizes, the quantity the dataset spreads over octaves,
+    are never changed to make room. A box of size (w, h) at a whole-pixel corner plus a uniform
+    sub-pixel offset touches at most ceil(w) + 1 by ceil(h) + 1 pixels: that footprint, grown
+    by OBJECT_GAP, is what it reserves.
+    """
+    height, width = args.image_size
+    reserved = np.zeros((height, width), dtype=np.int32)
+    placed = []
+    for class_index, sqrt_area in objects:
+        for _ in range(SHAPE_TRIES):
+            polygon = sample_shape_polygon(SYNTHETIC_CLASSES[class_index], rng, sqrt_area, sample_aspect(rng, args),
+                                           args.max_object_extent)
+            foot_w, foot_h = (np.ceil(polygon.max(axis=0)) + 1).astype(int)
+            free_corners = _free_corners(reserved, foot_h, foot_w)
+            if len(free_corners):
+                y, x = free_corners[rng.integers(len(free_corners))]
+                placed.append((class_index, polygon + [x, y] + rng.uniform(0, 1, size=2)))
+                reserved[max(y - OBJECT_GAP, 0):y + foot_h + OBJECT_GAP,
+                         max(x - OBJECT_GAP, 0):x + foot_w + OBJECT_GAP] = 1
                 break
     return placed
 
 
-def _boxes_apart(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a[0] >= b[2] + OBJECT_GAP or b[0] >= a[2] + OBJECT_GAP
-            or a[1] >= b[3] + OBJECT_GAP or b[1] >= a[3] + OBJECT_GAP)
-
-
-def _contrasting_colour(rng: np.random.Generator, background_rgb: np.ndarray) -> Tuple[int, int, int]:
-    """A random colour whose luma differs from the background's by MIN_LUMINANCE_CONTRAST."""
-    target = luminance(background_rgb)
-    candidates = rng.integers(0, 256, size=(32, 3))
-    usable = np.abs(luminance(candidates) - target) >= MIN_LUMINANCE_CONTRAST
-    if usable.any():
-        return tuple(int(c) for c in candidates[np.argmax(usable)])
-    return (0, 0, 0) if target > 127.5 else (255, 255, 255)
+def _free_corners(reserved: np.ndarray, foot_h: int, foot_w: int) -> np.ndarray:
+    """``(K, 2)`` (y, x) corners where a ``foot_h`` x ``foot_w`` block overlaps nothing reserved
+    and keeps BORDER_MARGIN from the border, found with a summed-area table."""
+    height, width = reserved.shape
+    table = np.zeros((height + 1, width + 1), dtype=np.int32)
+    table[1:, 1:] = reserved.cumsum(axis=0).cumsum(axis=1)
+    window = (table[foot_h:, foot_w:] - table[:-foot_h, foot_w:]
+              - table[foot_h:, :-foot_w] + table[:-foot_h, :-foot_w])  # (y, x) -> block sum
+    m = BORDER_MARGIN
+    inside = window[m:height - m - foot_h + 1, m:width - m - foot_w + 1]
+    return np.argwhere(inside == 0) + m
 
 
 def _summarize_split(root: Path, split: str, coco: dict) -> dict:

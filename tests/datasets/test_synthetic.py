@@ -1,4 +1,5 @@
-"""The synthetic COCO dataset: valid COCO, consistent geometry, determinism, idempotence, mmdet loading."""
+"""The synthetic COCO dataset: valid COCO, log-uniform sizes, stretched shapes, determinism,
+idempotence, mmdet loading."""
 import json
 import os
 from pathlib import Path
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from scipy import stats
 
-from deform_viz.datasets import SYNTHETIC_CLASSES, SYNTHETIC_METAINFO, make_synthetic_coco
+from deform_viz.datasets import SYNTHETIC_CLASSES, SYNTHETIC_METAINFO, make_synthetic_coco, synthetic_coco
 from deform_viz.datasets.__main__ import main as cli_main
 from deform_viz.datasets.shapes import polygon_area
+from deform_viz.datasets.synthetic_coco import GenerationArgs, sample_aspect, sample_object_size
 
 SMALL = dict(num_train=6, num_val=3, image_size=(96, 128), seed=0)
 TINY = dict(num_train=2, num_val=1, image_size=(64, 64))
@@ -93,11 +96,93 @@ def test_objects_are_disjoint_and_visible(dataset):
             assert abs(luma[mask].mean() - luma[around].mean()) > 40
 
 
-def test_sizes_span_coco_small_medium_and_large(tmp_path):
-    summary = make_synthetic_coco(tmp_path, num_train=12, num_val=1, image_size=(320, 320), seed=1)
-    per_size = summary['splits']['train']['per_size']
-    assert all(per_size[name] > 0 for name in ('small', 'medium', 'large')), per_size
-    assert set(summary['splits']['train']['per_class']) == set(SYNTHETIC_CLASSES)
+def test_sampled_sizes_and_aspects_are_log_uniform():
+    """The sampler itself: sqrt(area) log-uniform in [8, 96] px, aspect in [1/3, 3] (KS, fixed seed)."""
+    args = GenerationArgs(1, 1, (192, 192), 0, 6, 8.0, 0.5, 3.0, 0.8)
+    rng = np.random.default_rng(0)
+    sizes = np.array([sample_object_size(rng, args) for _ in range(20000)])
+    aspects = np.array([sample_aspect(rng, args) for _ in range(20000)])
+    assert sizes.min() >= 8 and sizes.max() <= 96
+    assert stats.kstest(np.log(sizes), stats.uniform(np.log(8), np.log(12)).cdf).pvalue > 0.01
+    assert stats.kstest(np.log(aspects), stats.uniform(-np.log(3), 2 * np.log(3)).cdf).pvalue > 0.01
+    # a sampler uniform in sqrt(area) instead would fail: the test can tell them apart
+    uniform_sizes = rng.uniform(8, 96, size=20000)
+    assert stats.kstest(np.log(uniform_sizes), stats.uniform(np.log(8), np.log(12)).cdf).pvalue < 1e-6
+
+
+@pytest.fixture(scope='module')
+def size_sample(tmp_path_factory):
+    """400 default images (192 px): sizes and shapes of all their objects."""
+    root = tmp_path_factory.mktemp('sizes')
+    make_synthetic_coco(root, num_train=400, num_val=1, seed=3)
+    return json.loads((root / 'annotations' / 'instances_train.json').read_text())['annotations']
+
+
+def test_object_sizes_cover_every_octave_log_uniformly(size_sample):
+    """Objects that find no room are left out (large ones more often), so the dataset's sizes are
+    log-uniform only to within a few percent: KS distance < 0.06 (uniform in sqrt(area): ~0.3)."""
+    sizes = np.sqrt([ann['area'] for ann in size_sample])
+    assert len(sizes) > 1200
+    assert sizes.min() >= 8 * 0.999 and sizes.max() <= 96 * 1.001
+    assert stats.kstest(np.log(sizes), stats.uniform(np.log(8), np.log(12)).cdf).statistic < 0.06
+    octaves = np.histogram(np.log2(sizes / 8), bins=[0, 1, 2, 3, np.log2(12)])[0] / len(sizes)
+    expected = np.diff([0, 1, 2, 3, np.log2(12)]) / np.log2(12)  # 0.28, 0.28, 0.28, 0.16
+    np.testing.assert_allclose(octaves, expected, atol=0.06)  # the top octave loses ~15 %, the others gain
+
+
+def test_shapes_are_stretched_before_rotation(size_sample):
+    """Rectangles (squares before the stretch) keep right angles and side ratios in [1, 3], spread
+    as |log aspect| uniform: a third have a ratio above 2 (exact: 1 - log 2 / log 3 = 0.37)."""
+    ratios = []
+    for ann in size_sample:
+        if ann['category_id'] != SYNTHETIC_CLASSES.index('rectangle') + 1:
+            continue
+        corners = np.array(ann['segmentation'][0]).reshape(4, 2)
+        sides = np.roll(corners, -1, axis=0) - corners
+        lengths = np.linalg.norm(sides, axis=1)
+        assert abs(np.dot(sides[0], sides[1])) / (lengths[0] * lengths[1]) < 0.01  # vertices rounded to 0.01 px
+        ratios.append(lengths.max() / lengths.min())
+    ratios = np.array(ratios)
+    assert len(ratios) > 200 and ratios.max() <= 3 * 1.01
+    assert np.mean(ratios > 2) == pytest.approx(1 - np.log(2) / np.log(3), abs=0.08)
+
+
+def test_interiors_are_textured_with_contrast_to_the_background():
+    """A 40-px square of class circle on flat grey: concentric rings about its centre (equal luma
+    at equal radius), every pixel >= 60 luma from the background, the two colours visible."""
+    from deform_viz.datasets.render import MIN_FILL_CONTRAST, MIN_LUMINANCE_CONTRAST, paint_shape
+    canvas = np.full((64, 64, 3), 128, dtype=np.uint8)
+    square = np.array([[12.0, 12.0], [52.0, 12.0], [52.0, 52.0], [12.0, 52.0]])
+    paint_shape(canvas, square, 'circle', np.random.default_rng(0), class_texture_prob=1.0)
+    luma = canvas.astype(float) @ [0.299, 0.587, 0.114]
+    inside = luma[13:51, 13:51]
+    assert np.abs(inside - 128).min() >= MIN_LUMINANCE_CONTRAST - 1
+    assert inside.max() - inside.min() >= MIN_FILL_CONTRAST - 2
+    for d in (3, 7, 12, 17):  # pixel centres at the same distance from the centre (32, 32)
+        ring = [luma[32 + d, 32], luma[32 - d - 1, 32], luma[32, 32 + d], luma[32, 32 - d - 1]]
+        assert max(ring) - min(ring) <= 1.0, (d, ring)
+    np.testing.assert_array_equal(canvas[:12], 128)  # outside the square nothing changed
+
+
+def test_class_texture_prob_sets_how_often_a_class_wears_its_own_texture():
+    from deform_viz.datasets.textures import CLASS_TEXTURES, FILLS, choose_fill
+    rng = np.random.default_rng(0)
+    fills = [choose_fill(rng, 'star', 0.8) for _ in range(5000)]
+    assert np.mean([f == CLASS_TEXTURES['star'] for f in fills]) == pytest.approx(0.8, abs=0.02)
+    others = [f for f in fills if f != CLASS_TEXTURES['star']]
+    counts = np.array([others.count(name) for name in FILLS if name != CLASS_TEXTURES['star']])
+    assert stats.chisquare(counts).pvalue > 0.01  # the other families equally often
+    assert {choose_fill(rng, 'star', 1.0) for _ in range(50)} == {'rays'}
+
+
+def test_generator_version_bump_regenerates(tmp_path, monkeypatch):
+    make_synthetic_coco(tmp_path, **TINY)
+    assert make_synthetic_coco(tmp_path, **TINY)['reused']
+    info = json.loads((tmp_path / 'annotations' / 'instances_train.json').read_text())['info']
+    assert info['version'] == str(synthetic_coco.GENERATOR_VERSION) == '2'
+    monkeypatch.setattr(synthetic_coco, 'GENERATOR_VERSION', 3)
+    assert not make_synthetic_coco(tmp_path, **TINY)['reused']
+    assert json.loads((tmp_path / 'annotations' / 'instances_val.json').read_text())['info']['version'] == '3'
 
 
 def test_same_seed_same_files_other_seed_differs(tmp_path):
@@ -151,9 +236,11 @@ def test_incomplete_dataset_is_regenerated(tmp_path, damage):
     (dict(max_objects=0), 'max_objects must be an integer >= 1'),
     (dict(image_size=(16, 64)), r'image_size must be \(height, width\) with integer sides >= 32'),
     (dict(image_size=(64,)), 'image_size must be'),
-    (dict(image_size=(64, 64), min_object_size=50), r'min_object_size must be in \(0, 38.4\]'),
-    (dict(max_object_fraction=1.5), r'max_object_fraction must be in \(0, 1\]'),
+    (dict(image_size=(64, 64), min_object_size=40), r'min_object_size must be in \(0, 32\] px'),
+    (dict(max_size_fraction=0.6), r'max_size_fraction must be in \(0, 0.5\]'),
     (dict(min_object_size='big'), 'min_object_size must be a number'),
+    (dict(max_aspect=0.5), r'max_aspect must be in \[1, 10\]'),
+    (dict(class_texture_prob=1.5), r'class_texture_prob must be in \[0, 1\]'),
 ])
 def test_bad_arguments_fail_clearly(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
