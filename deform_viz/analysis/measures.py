@@ -5,7 +5,7 @@ in-memory fields with ``LayerOffsets.from_fields``) and the image's :class:`~.an
 and returns a :class:`LayerImageMeasures`: moments per region and one row per object, small and
 mergeable, so that :class:`~.accumulate.LayerAnalysis` can combine any number of images exactly.
 
-Definitions (see also ``docs`` and the report's ``units``):
+Definitions (units as in the report's ``units``):
 
 * A cell belongs to the smallest box containing its centre (``region``: the box's size class);
   *background* is outside every box and crowd region. Size classes use sqrt(box area) in

@@ -84,12 +84,10 @@ def plot_extent_vs_size(report: dict, boxes: Dict[str, Dict[str, np.ndarray]], w
         if size.size and np.all(size > 0):
             _log_axis(ax.xaxis, size)
         centre, largest = ext['centre'], ext['box_max']
-        text = (f'ρ = {_signed(centre["rho"])}, p = {_pvalue(centre["p_value"])}, n = {centre["count"]}\n'
-                f'max in box: ρ = {_signed(largest["rho"])}, null {_signed(largest["null_rho"])}, '
-                f'p = {_pvalue(largest["p_value"])}')
-        ax.set_title(short_layer_name(name), fontsize=7)
-        ax.text(0.02, 0.98, text, transform=ax.transAxes, va='top', fontsize=5.5)
-        ax.tick_params(labelsize=6)
+        ax.set_title(f'{short_layer_name(name)}: ρ {_signed(centre["rho"])} (p {_pvalue(centre["p_value"])}, '
+                     f'n {centre["count"]})\nbox max ρ {_signed(largest["rho"])}, null {_signed(largest["null_rho"])} '
+                     f'(p {_pvalue(largest["p_value"])})', fontsize=5.2)
+        ax.tick_params(labelsize=5.5)
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
     fig.supxlabel('sqrt(box area) (network-input px)', fontsize=7)
