@@ -6,9 +6,9 @@ experiments and the tests call them with edited :class:`~mmengine.config.Config`
     cfg = load_config('configs/synthetic/faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py',
                       work_dir='work_dirs/dcn')
     use_synthetic_data(cfg, 'data/synthetic', image_scale=(160, 160))
-    set_epochs(cfg, 2, warmup_iters=4)
+    set_schedule(cfg, 8, warmup_iters=4)
     train(cfg)
-    metrics = evaluate(cfg, 'work_dirs/dcn/epoch_2.pth', dump_offsets='work_dirs/dcn/offsets')
+    metrics = evaluate(cfg, 'work_dirs/dcn/iter_8.pth', dump_offsets='work_dirs/dcn/offsets')
 """
 import os.path as osp
 from contextlib import contextmanager
@@ -69,6 +69,13 @@ def set_image_scale(cfg: Config, scale: Tuple[int, int], splits: Sequence[str] =
     return cfg
 
 
+def _evaluators(cfg: Config, splits: Sequence[str]):
+    """The metric configs of the given evaluators (an evaluator may be one metric or a list)."""
+    for split in splits:
+        evaluator = cfg.get(f'{split}_evaluator')
+        yield from evaluator if isinstance(evaluator, (list, tuple)) else [evaluator] if evaluator else []
+
+
 def use_synthetic_data(cfg: Config, data_root: str, image_scale: Optional[Tuple[int, int]] = None) -> Config:
     """Point a config built on ``configs/_base_/datasets/synthetic_shapes.py`` at the dataset
     :func:`deform_viz.datasets.make_synthetic_coco` generated in ``data_root`` (optionally
@@ -77,41 +84,49 @@ def use_synthetic_data(cfg: Config, data_root: str, image_scale: Optional[Tuple[
     for dataset in _datasets(cfg, SPLITS):
         if 'ann_file' in dataset:
             dataset.data_root = root
-    for split in ('val', 'test'):
-        evaluators = cfg[f'{split}_evaluator']
-        for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
-            if 'ann_file' in evaluator:
-                evaluator.ann_file = root + 'annotations/instances_val.json'
+    for metric in _evaluators(cfg, ('val', 'test')):
+        if 'ann_file' in metric:
+            metric.ann_file = root + 'annotations/instances_val.json'
     if image_scale is not None:
         set_image_scale(cfg, image_scale)
     return cfg
 
 
-def _schedulers(cfg: Config, kind: str) -> list:
+_LOOP_LENGTH = {'EpochBasedTrainLoop': 'max_epochs', 'IterBasedTrainLoop': 'max_iters'}
+
+
+def set_schedule(cfg: Config, length: int, warmup_iters: Optional[int] = None) -> Config:
+    """Train for ``length`` epochs or iterations (the unit of the config's train loop), validating
+    and saving a checkpoint at the end only.
+
+    The ``MultiStepLR`` steps keep their fractions of the schedule, schedulers that ended with it
+    end with the new one, and the iteration-based ``LinearLR`` warm-up lasts ``warmup_iters`` if
+    given. Schedulers are found by type, not position.
+    """
+    key = _LOOP_LENGTH.get(cfg.train_cfg.get('type'))
+    if key is None:
+        raise ValueError(f'{cfg.filename}: set_schedule needs one of {sorted(_LOOP_LENGTH)}, '
+                         f'got train_cfg.type={cfg.train_cfg.get("type")!r}')
+    if length < 1:
+        raise ValueError(f'the schedule length must be at least 1, got {length}')
+    old = cfg.train_cfg[key]
+    cfg.train_cfg[key] = length
+    cfg.train_cfg.val_interval = length
+    cfg.default_hooks.checkpoint.interval = length
     schedulers = cfg.get('param_scheduler') or []
     schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
-    return [s for s in schedulers if s.get('type') == kind]
-
-
-def set_epochs(cfg: Config, epochs: int, milestones: Optional[Sequence[int]] = None,
-               warmup_iters: Optional[int] = None) -> Config:
-    """Train an epoch-based config for ``epochs``, validating and saving a checkpoint after the
-    last one; its ``MultiStepLR`` ends there (stepping at ``milestones`` if given) and its
-    iteration-based ``LinearLR`` warm-up lasts ``warmup_iters`` if given."""
-    if cfg.train_cfg.get('type') != 'EpochBasedTrainLoop':
-        raise ValueError(f'{cfg.filename}: set_epochs needs an EpochBasedTrainLoop, '
-                         f'got {cfg.train_cfg.get("type")}')
-    cfg.train_cfg.max_epochs = epochs
-    cfg.train_cfg.val_interval = epochs
-    cfg.default_hooks.checkpoint.interval = epochs
-    for scheduler in _schedulers(cfg, 'MultiStepLR'):
-        scheduler.end = epochs
-        if milestones is not None:
-            scheduler.milestones = list(milestones)
+    by_epoch = key == 'max_epochs'
+    for scheduler in schedulers:
+        if scheduler.get('by_epoch', True) != by_epoch:
+            continue
+        if scheduler.get('type') == 'MultiStepLR':
+            scheduler.milestones = [max(1, round(m * length / old)) for m in scheduler.milestones]
+        if scheduler.get('end') == old:
+            scheduler.end = length
     if warmup_iters is not None:
-        warmups = [s for s in _schedulers(cfg, 'LinearLR') if not s.get('by_epoch', True)]
+        warmups = [s for s in schedulers if s.get('type') == 'LinearLR' and not s.get('by_epoch', True)]
         if not warmups:
-            raise ValueError(f'{cfg.filename}: no iteration-based LinearLR warm-up to shorten')
+            raise ValueError(f'{cfg.filename}: no iteration-based LinearLR warm-up to set to {warmup_iters}')
         for warmup in warmups:
             warmup.end = warmup_iters
     return cfg

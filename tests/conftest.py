@@ -56,18 +56,18 @@ def synthetic_data_root(tmp_path_factory) -> str:
 
 @pytest.fixture(scope='session')
 def tiny_checkpoint(synthetic_data_root, tmp_path_factory) -> SimpleNamespace:
-    """The CPU DCN config trained for 2 epochs (8 iterations) by deform_viz.engine.train.
+    """The CPU DCN config trained for 8 iterations (2 epochs) by deform_viz.engine.train.
 
     Returns ``config`` (its path), ``checkpoint``, ``work_dir`` and ``data_root``; evaluate it
     with ``synthetic_config(tiny.config, tiny.data_root, work_dir)``.
     """
-    from deform_viz.engine import set_epochs, train
+    from deform_viz.engine import set_schedule, train
     work_dir = str(tmp_path_factory.mktemp('tiny_dcn'))
     cfg = synthetic_config(DCN_CONFIG, synthetic_data_root, work_dir)
-    set_epochs(cfg, 2, warmup_iters=4)
+    set_schedule(cfg, 8, warmup_iters=4)
     cfg.default_hooks.logger.interval = 1
     train(cfg)
-    checkpoint = osp.join(work_dir, 'epoch_2.pth')
+    checkpoint = osp.join(work_dir, 'iter_8.pth')
     assert osp.isfile(checkpoint), f'training wrote no checkpoint in {work_dir}'
     return SimpleNamespace(config=DCN_CONFIG, checkpoint=checkpoint, work_dir=work_dir,
                            data_root=synthetic_data_root)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import CPU_CONFIG_DIR, DCN_CONFIG, REPO, import_tool, synthetic_config
 from deform_viz.checkpoint_check import CheckpointMismatchError
-from deform_viz.engine import evaluate, set_epochs, train
+from deform_viz.engine import evaluate, set_schedule, train
 
 DF_CONFIG = osp.join(CPU_CONFIG_DIR, 'faster-rcnn_r50-w16-dconv-df-c3-c5_fpn_synthetic.py')
 COCO_KEYS = {f'coco/bbox_{k}' for k in ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')}
@@ -38,13 +38,13 @@ def last_metrics(work_dir):
 @pytest.mark.slow
 def test_train_then_test_roundtrip(synthetic_data_root, tmp_path):
     cfg = synthetic_config(DCN_CONFIG, synthetic_data_root, str(tmp_path / 'unused'))
-    set_epochs(cfg, 1)
+    set_schedule(cfg, 4)
     cfg.model.test_cfg.rcnn.score_thr = 0.0  # one epoch learns little: keep every box to score
     config = str(tmp_path / 'config.py')
     cfg.dump(config)
     work_dir = str(tmp_path / 'work')
     run('train.py', config, '--work-dir', work_dir, cwd=tmp_path)
-    checkpoint = osp.join(work_dir, 'epoch_1.pth')
+    checkpoint = osp.join(work_dir, 'iter_4.pth')
     assert osp.isfile(checkpoint)
     trained = last_metrics(work_dir)
     assert COCO_KEYS <= set(trained)
@@ -154,6 +154,6 @@ def test_guard_ignores_imagenet_style_init(synthetic_data_root, tmp_path):
     cfg = synthetic_config(DF_CONFIG, synthetic_data_root, str(tmp_path / 'work'),
                            {'train_dataloader.dataset.indices': 1, 'train_dataloader.batch_size': 1})
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(tmp_path / 'resnet.pth'))
-    set_epochs(cfg, 1)
+    set_schedule(cfg, 1)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     assert train(cfg).iter == 1

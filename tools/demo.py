@@ -20,10 +20,10 @@ import time
 
 from mmengine.config import DictAction
 
-from deform_viz.analysis import analyze_offsets, format_markdown, iter_dumps
+from deform_viz.analysis import analyze_offsets, format_markdown, headline
 from deform_viz.datasets import make_synthetic_coco
-from deform_viz.engine import evaluate, load_config, set_epochs, train, use_synthetic_data
-from deform_viz.visualization import FIGURES, figure_path, render_dump, save_figure
+from deform_viz.engine import evaluate, load_config, set_schedule, train, use_synthetic_data
+from deform_viz.visualization import write_dump_figures
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'synthetic', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument('--data-root', default='data/synthetic', help='where the dataset is generated')
     parser.add_argument('--retrain', action='store_true', help='train again even if a finished run exists')
     parser.add_argument('--quick', action='store_true',
-                        help='tiny dataset and 2 short epochs: checks the pipeline, learns nothing')
+                        help='tiny dataset and 8 iterations: checks the pipeline, learns nothing')
     parser.add_argument('--figure-images', type=int, default=3, help='val images to draw (default 3)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='extra key=value overrides for the training config')
@@ -46,23 +46,6 @@ def parse_args(argv=None):
 
 def step(title: str) -> None:
     print(f'\n=== {title} ===', flush=True)
-
-
-def headline(report: dict) -> dict:
-    """Mean over the dumped layers of the numbers the README quotes."""
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-    layers = list(report['layers'].values())
-    dilation = {f'effective_dilation_{part}':
-                mean(r['effective_dilation'].get(part, {}).get('mean') for r in layers)
-                for part in ('small', 'medium', 'large', 'background')}
-    return {**dilation,
-        'spearman_size_vs_largest_dk_radius': mean(r['extent_vs_size']['spearman_largest']['rho'] for r in layers),
-        'divergence_in_boxes': mean(r['divergence']['in_boxes'].get('mean') for r in layers),
-        'divergence_background': mean(r['divergence']['background'].get('mean') for r in layers),
-        'df_towards_box_centre': mean(r['towards_centre']['fraction'] for r in layers),
-    }
 
 
 def main(argv=None) -> dict:
@@ -84,7 +67,7 @@ def main(argv=None) -> dict:
         cfg = load_config(CONFIG, args.cfg_options, work_dir)
         use_synthetic_data(cfg, data['out_dir'], size['image_size'])
         if args.quick:
-            set_epochs(cfg, 2, warmup_iters=4)
+            set_schedule(cfg, 8, warmup_iters=4)
             cfg.default_hooks.logger.interval = 1
         return cfg
 
@@ -101,9 +84,7 @@ def main(argv=None) -> dict:
 
     step('4/5 figures')
     shutil.rmtree(figure_dir, ignore_errors=True)
-    figures = [save_figure(fig, figure_path(figure_dir, dump.meta['img_id'], layer, kind))
-               for dump in iter_dumps(dump_dir, max_images=args.figure_images)
-               for layer, kind, fig in render_dump(dump, FIGURE_LAYERS, list(FIGURES))]
+    figures = write_dump_figures(dump_dir, figure_dir, FIGURE_LAYERS, max_images=args.figure_images)
     print(f'wrote {len(figures)} figures to {figure_dir}')
 
     step('5/5 offset analysis')
@@ -123,16 +104,16 @@ def main(argv=None) -> dict:
     print(f"checkpoint   {checkpoint}\noffset dumps {dump_dir}\nfigures      {figure_dir} "
           f"({len(figures)} files)\nanalysis     {report_file}\nsummary      {osp.join(work_dir, 'summary.json')}")
     fmt = (lambda v: 'n/a' if v is None else f'{v:.3f}')
-    print(f"\nCOCO bbox mAP on the synthetic val set:               {fmt(numbers['bbox_mAP'])}")
-    print(f"Spearman(sqrt box area, largest d_k circle in box):   "
-          f"{fmt(numbers['spearman_size_vs_largest_dk_radius'])}")
-    print(f"mean divergence of d_f inside boxes / background:     {fmt(numbers['divergence_in_boxes'])} / "
-          f"{fmt(numbers['divergence_background'])}")
-    print(f"in-box d_f arrows pointing towards the box centre:    {fmt(numbers['df_towards_box_centre'])}")
-    print('effective dilation in small / medium / large boxes / background: ' + ' / '.join(
-        fmt(numbers[f'effective_dilation_{part}']) for part in ('small', 'medium', 'large', 'background')))
-    print(f"(means over the {len(report['layers'])} dumped layers; per-layer tables above; "
-          f"{summary['minutes']} min)")
+    print(f"\nCOCO bbox mAP on the synthetic val set:                     {fmt(numbers['bbox_mAP'])}")
+    print(f"in {numbers['layer']} ({numbers['num_images']} images):")
+    print(f"  Spearman(sqrt box area, d_k radius at the box centre):    {fmt(numbers['dk_size_rho'])} "
+          f"(p {fmt(numbers['dk_size_p'])}, {numbers['dk_size_count']} objects)")
+    print(f"  inward d_f per object / background control (input px):   {fmt(numbers['inward_df'])} / "
+          f"{fmt(numbers['inward_df_background'])}")
+    print(f"  effective dilation on objects / background (input px):   "
+          f"{fmt(numbers['effective_dilation_objects'])} / {fmt(numbers['effective_dilation_background'])}")
+    print(f"layers (of {numbers['num_layers']}) where d_k grows with size / d_f points inward, after Holm: "
+          f"{numbers['layers_dk_grows_with_size']} / {numbers['layers_inward_df']}  ({summary['minutes']} min)")
     return summary
 
 

@@ -1,6 +1,6 @@
 """Table 1 of the "revisiting" paper at CPU scale, on the embedded synthetic dataset.
 
-    python tools/mini_ablation.py [--seeds 0 1 2] [--epochs 14] [--num-train 160] [--num-val 50]
+    python tools/mini_ablation.py [--seeds 0 1 2] [--iters 600] [--num-train 160] [--num-val 50]
                                   [--work-dir work_dirs/mini_ablation] [--format markdown|json]
 
 Trains the small CPU detector once per (row, seed) - baseline, d_f-only, d_k-only, full DCN
@@ -20,7 +20,7 @@ import time
 from mmengine.config import Config
 
 from deform_viz.datasets import make_synthetic_coco
-from deform_viz.engine import evaluate, load_config, set_epochs, train, use_synthetic_data
+from deform_viz.engine import evaluate, load_config, set_schedule, train, use_synthetic_data
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'synthetic')
 # (row name, baseline/d_f/d_k marks as in the paper, config file)
@@ -40,8 +40,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/mini_ablation')
     parser.add_argument('--data-root', default='data/synthetic')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=None,
-                        help="training epochs per run (default: the configs' schedule, 14)")
+    parser.add_argument('--iters', type=int, default=None,
+                        help="training iterations per run (default: the configs' schedule, 600)")
     parser.add_argument('--num-train', type=int, default=160)
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--image-size', type=int, default=256)
@@ -51,17 +51,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def milestones(epochs: int) -> list:
-    """LR steps at 3/4 and 11/12 of a schedule of ``epochs``."""
-    return sorted({max(1, round(epochs * 0.75)), max(1, round(epochs * 11 / 12))})
-
-
 def run_config(config: str, work_dir: str, settings: dict):
-    """``config`` on the generated data, with the run's seed and (if set) its number of epochs."""
+    """``config`` on the generated data, with the run's seed and (if set) its number of iterations."""
     cfg = load_config(config, {'randomness.seed': settings['seed']}, work_dir)
     use_synthetic_data(cfg, settings['data_root'], settings['image_size'])
-    if settings['epochs'] is not None:
-        set_epochs(cfg, settings['epochs'], milestones(settings['epochs']))
+    if settings['iters'] is not None:
+        set_schedule(cfg, settings['iters'])
     return cfg
 
 
@@ -142,9 +137,9 @@ def main(argv=None) -> dict:
     size = (args.image_size, args.image_size)
     data = make_synthetic_coco(args.data_root, num_train=args.num_train, num_val=args.num_val,
                                image_size=size, seed=0)
-    settings = {'data_root': data['out_dir'], 'image_size': size, 'epochs': args.epochs}
-    if args.epochs is None:  # the configs' own schedule (they share one base)
-        args.epochs = Config.fromfile(osp.join(CONFIG_DIR, ROWS[0][-1])).train_cfg.max_epochs
+    settings = {'data_root': data['out_dir'], 'image_size': size, 'iters': args.iters}
+    if args.iters is None:  # the configs' own schedule (they share one base)
+        args.iters = Config.fromfile(osp.join(CONFIG_DIR, ROWS[0][-1])).train_cfg.max_iters
     rows = [r for r in ROWS if r[0] in args.rows]
     results, marks = {}, {}
     for name, base, df, dk, config_name in rows:
@@ -163,7 +158,7 @@ def main(argv=None) -> dict:
     # order: the paper's rows, then DK, then the test-time projections
     ordered = {name: results[name] for name in [r[0] for r in rows] + [p[0] for p in TEST_TIME_PROJECTIONS]
                if name in results}
-    report = {'seeds': args.seeds, 'epochs': args.epochs, 'num_train': args.num_train,
+    report = {'seeds': args.seeds, 'iters': args.iters, 'num_train': args.num_train,
               'num_val': args.num_val, 'image_size': args.image_size, 'bbox_mAP': ordered,
               'minutes': round(minutes, 1)}
     with open(osp.join(args.work_dir, 'mini_ablation.json'), 'w') as f:
@@ -172,7 +167,7 @@ def main(argv=None) -> dict:
         print(json.dumps(report, indent=2))
     else:
         print(f'\nMini ablation: {args.num_train} train / {args.num_val} val synthetic images at '
-              f'{args.image_size}px, {args.epochs} epochs, seeds {args.seeds}; wall time {minutes:.1f} min\n')
+              f'{args.image_size}px, {args.iters} iterations, seeds {args.seeds}; wall time {minutes:.1f} min\n')
         print(format_table(ordered, args.seeds, marks))
     return report
 
