@@ -228,6 +228,22 @@ class FeatureGeometry:
         out = values[..., rows, cols]
         return np.where(inside, out, np.asarray(fill, dtype=out.dtype))
 
+    def sum_over_cells(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of painting: the sum of an (ori_h, ori_w) per-pixel array over the pixels
+        each cell paints (nearest cell, pixels outside the grid left out), (H, W)."""
+        values = np.asarray(values)
+        if values.shape != tuple(self.ori_shape):
+            raise GeometryError(f'values of shape {values.shape} do not match the image {self.ori_shape}')
+        (rows, rows_in), (cols, cols_in) = _pixel_axes(self.placement)
+        out = np.zeros(self.grid_shape, dtype=np.result_type(values.dtype, np.int64))
+        # a cell's pixels are one run of rows times one run of columns (the map is monotone per axis)
+        runs_y, runs_x = _runs(rows, rows_in), _runs(cols, cols_in)
+        if runs_y.size and runs_x.size:
+            sums = np.add.reduceat(values[rows_in], runs_y, axis=0, dtype=out.dtype)
+            sums = np.add.reduceat(sums[:, cols_in], runs_x, axis=1)
+            out[np.ix_(rows[rows_in][runs_y], cols[cols_in][runs_x])] = sums
+        return out
+
     def grid_extent_on_image(self):
         """Bounding box (x0, y0, x1, y1) of the feature grid on the original image."""
         h, w = self.grid_shape
@@ -245,14 +261,26 @@ def _nearest_cell(coords: np.ndarray, size: int):
     return np.clip(np.floor(coords + 0.5), 0, size - 1).astype(np.int64), (coords > -1) & (coords < size)
 
 
+def _runs(index: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Start positions, among the kept entries, of the runs of equal ``index``."""
+    kept = index[keep]
+    return np.flatnonzero(np.r_[True, kept[1:] != kept[:-1]]) if kept.size else np.zeros(0, np.int64)
+
+
+@lru_cache(maxsize=16)
+def _pixel_axes(geometry: FeatureGeometry):
+    """((rows, rows in grid) per pixel row, (cols, cols in grid) per pixel column) of a placement:
+    resize and flip act on each axis alone."""
+    h, w = geometry.ori_shape
+    rows_f, _ = geometry.image_to_grid_coords(np.arange(h) + 0.5, np.zeros(h))
+    _, cols_f = geometry.image_to_grid_coords(np.zeros(w), np.arange(w) + 0.5)
+    return _nearest_cell(rows_f, geometry.grid_shape[0]), _nearest_cell(cols_f, geometry.grid_shape[1])
+
+
 @lru_cache(maxsize=16)
 def _pixel_cells(geometry: FeatureGeometry):
     h, w = geometry.ori_shape
-    # resize and flip act on each axis alone: map one line of pixels per axis, then broadcast
-    rows_f, _ = geometry.image_to_grid_coords(np.arange(h) + 0.5, np.zeros(h))
-    _, cols_f = geometry.image_to_grid_coords(np.zeros(w), np.arange(w) + 0.5)
-    rows, rows_in = _nearest_cell(rows_f, geometry.grid_shape[0])
-    cols, cols_in = _nearest_cell(cols_f, geometry.grid_shape[1])
+    (rows, rows_in), (cols, cols_in) = _pixel_axes(geometry)
     out = (np.broadcast_to(rows[:, None], (h, w)), np.broadcast_to(cols[None, :], (h, w)),
            rows_in[:, None] & cols_in[None, :])
     out[2].setflags(write=False)   # the broadcast views are read-only already

@@ -75,13 +75,14 @@ class AnalysisSettings:
 
 
 class ImageTruth:
-    """An image's objects prepared once for all of its layers: the union mask, and per output
-    grid the number of valid and of object pixels that each cell paints."""
+    """An image's objects prepared once for all of its layers: the union of the object masks, and
+    per output grid the number of valid and of object pixels that each cell paints."""
 
     def __init__(self, objects: ImageObjects):
         self.objects = objects
         self.object_pixels = objects.union_mask()
         self.valid_pixels = ~(objects.crowd_mask() & ~self.object_pixels)
+        self.num_object_pixels = int(self.object_pixels.sum())
         self._counts = {}
 
     def cell_pixel_counts(self, geometry: FeatureGeometry) -> Tuple[np.ndarray, np.ndarray]:
@@ -91,11 +92,8 @@ class ImageTruth:
             if tuple(geometry.ori_shape) != self.object_pixels.shape:
                 raise ValueError(f'image {self.objects.image_id}: the layer is placed on a {geometry.ori_shape} '
                                  f'image, the annotations are {self.object_pixels.shape} (h, w)')
-            rows, cols, inside = geometry.pixel_cells()
-            cell = (rows * geometry.grid_shape[1] + cols)[inside]
-            size = geometry.grid_shape[0] * geometry.grid_shape[1]
-            self._counts[key] = (np.bincount(cell[self.valid_pixels[inside]], minlength=size),
-                                 np.bincount(cell[self.object_pixels[inside]], minlength=size))
+            self._counts[key] = (geometry.sum_over_cells(self.valid_pixels).ravel(),
+                                 geometry.sum_over_cells(self.object_pixels).ravel())
         return self._counts[key]
 
 
@@ -141,7 +139,7 @@ def measure_layer(layer: LayerOffsets, objects: Union[ImageObjects, ImageTruth],
     valid, on_objects = truth.cell_pixel_counts(geom)
     negative = (div.mean(0) < settings.div_threshold).ravel()
     pixels = {'intersection': int(on_objects[negative].sum()), 'predicted': int(valid[negative].sum()),
-              'truth': int(truth.object_pixels.sum())}
+              'truth': truth.num_object_pixels}
     return LayerImageMeasures(dilation, divergence, (float(shift[0]), float(shift[1])),
                               _box_rows(layer, objects, d_f, owner, classes, settings), pixels, objects.mask_source)
 

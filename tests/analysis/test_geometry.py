@@ -131,3 +131,20 @@ def test_stacked_sampling_composes_layers(tmp_path):
                                    [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
     with pytest.raises(ValueError, match='from image 1'):
         stacked_sampling_positions(top, [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
+
+
+@pytest.mark.parametrize('grid', [(5, 7), (3, 4)], ids=['whole', 'cropped'])
+@pytest.mark.parametrize('flip', [None, 'horizontal', 'vertical', 'diagonal'])
+def test_sum_over_cells_is_the_transpose_of_painting(flip, grid):
+    """Summing per-pixel values over the pixels each cell paints, checked pixel by pixel (a
+    cropped grid leaves pixels outside it)."""
+    geom = FeatureGeometry(grid_shape=grid, input_stride=(8, 8), output_stride=(16, 16), img_shape=(75, 110),
+                           ori_shape=(50, 73), scale_factor=(110 / 73, 1.5), flip_direction=flip)
+    values = np.random.default_rng(0).integers(0, 5, size=(50, 73))
+    rows, cols, inside = geom.pixel_cells()
+    expected = np.zeros(grid, dtype=np.int64)
+    np.add.at(expected, (rows[inside], cols[inside]), values[inside])
+    np.testing.assert_array_equal(geom.sum_over_cells(values), expected)
+    assert (expected > 0).all() and inside.all() == (grid == (5, 7))
+    with pytest.raises(GeometryError, match='do not match the image'):
+        geom.sum_over_cells(values[:10])
