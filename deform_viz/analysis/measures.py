@@ -184,8 +184,8 @@ def _box_rows(layer: LayerOffsets, objects: ImageObjects, d_f: np.ndarray, owner
         own = mask_owner == i
         own[centre] = False
         ring = (owner == BACKGROUND) & (nearest == i) & (gap <= settings.background_ring * sqrt_area[j])
-        for name, cells in (('inward', own), ('background', ring)):
-            values = inward[j][cells]
+        for name, where in (('inward', own), ('background', ring)):
+            values = inward[j][where]
             out[f'{name}_cells'][j] = values.size
             out[f'{name}_df'][j] = values.mean() if values.size else np.nan
     return out
