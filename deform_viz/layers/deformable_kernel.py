@@ -58,8 +58,8 @@ class DeformableKernel(nn.Module):
     autocast.
 
     Loading a state dict whose ``weight`` is a K x K kernel of the same channels (an ImageNet
-    ResNet checkpoint, say) maps it into the scope with :func:`deform_viz.ops.scope_from_kernel`, so the layer
-    starts as exactly that conv.
+    ResNet checkpoint, say) maps it into the scope with :func:`deform_viz.ops.scope_from_kernel`
+    for the layer's grid, so the layer starts as exactly that conv.
 
     Attributes read by the offset dump hook: ``kernel_size``, ``stride``, ``padding``,
     ``dilation`` (pairs), ``groups``, ``deform_groups``, ``mode``, ``scope`` (pair), ``grid``,

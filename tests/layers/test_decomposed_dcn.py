@@ -79,9 +79,11 @@ def test_variants_attributes_and_state_dict_keys():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown offset component 'dkernel'; expected one of \('full', 'd_f', 'd_k'\)"):
+    with pytest.raises(ValueError, match=r"unknown offset component 'dkernel'; expected one of "
+                                         r"\('full', 'd_f', 'd_k'\)"):
         DecomposedDCN(4, 4, 3, component='dkernel')
-    with pytest.raises(ValueError, match=r"DFOnlyDCN: unknown backend 'cuda'; expected one of \('auto', 'torch', 'mmcv'\)"):
+    with pytest.raises(ValueError, match=r"DFOnlyDCN: unknown backend 'cuda'; expected one of "
+                                         r"\('auto', 'torch', 'mmcv'\)"):
         DFOnlyDCN(4, 4, 3, backend='cuda')
     with pytest.raises(ValueError, match="DKOnlyDCN always uses component='d_k', got 'd_f'; use DecomposedDCN"):
         DKOnlyDCN(4, 4, 3, component='df')

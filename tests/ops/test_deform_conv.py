@@ -165,24 +165,28 @@ def test_integer_constant_offset_equals_conv_of_shifted_input():
     torch.testing.assert_close(out, full[:, :, top:top + out.shape[2], left:left + out.shape[3]])
 
 
-@pytest.mark.parametrize('args,kwargs,message', [
-    (((1, 4, 5), (1, 18, 5, 5), (4, 4, 3, 3)), {}, r'expected 4-d input and offset \(N, C, H, W\), got \(1, 4, 5\)'),
-    (((1, 4, 5, 5), (1, 17, 5, 5), (4, 4, 3, 3)), {}, r'offset has 17 channels; a 3x3 kernel needs 2\*deform_groups\*9'),
-    (((1, 4, 5, 5), (1, 54, 5, 5), (4, 4, 3, 3)), {}, r'input channels \(4\) not divisible by deform_groups \(3'),
-    (((1, 4, 2, 5), (1, 18, 1, 3), (4, 4, 3, 3)), dict(padding=0), r'input \(2, 5\) is too small for kernel \(3, 3\)'),
-    (((1, 4, 5, 5), (1, 18, 3, 3), (4, 4, 3, 3)), {}, r'offset must be \(N=1, 18, 5, 5\), got \(1, 18, 3, 3\)'),
-    (((1, 4, 5, 5), (2, 18, 5, 5), (4, 4, 3, 3)), {}, r'offset must be \(N=1, 18, 5, 5\), got \(2, 18, 5, 5\)'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(mask=torch.ones(1, 18, 5, 5)),
+X, OFFSET, WEIGHT = (1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)  # shapes; padding 1 unless given
+
+
+@pytest.mark.parametrize('shapes,kwargs,message', [
+    (((1, 4, 5), OFFSET, WEIGHT), {}, r'expected 4-d input and offset \(N, C, H, W\), got \(1, 4, 5\)'),
+    ((X, (1, 17, 5, 5), WEIGHT), {}, r'offset has 17 channels; a 3x3 kernel needs 2\*deform_groups\*9'),
+    ((X, (1, 54, 5, 5), WEIGHT), {}, r'input channels \(4\) not divisible by deform_groups \(3'),
+    (((1, 4, 2, 5), (1, 18, 1, 3), WEIGHT), dict(padding=0),
+     r'input \(2, 5\) is too small for kernel \(3, 3\)'),
+    ((X, (1, 18, 3, 3), WEIGHT), {}, r'offset must be \(N=1, 18, 5, 5\), got \(1, 18, 3, 3\)'),
+    ((X, (2, 18, 5, 5), WEIGHT), {}, r'offset must be \(N=1, 18, 5, 5\), got \(2, 18, 5, 5\)'),
+    ((X, OFFSET, WEIGHT), dict(mask=torch.ones(1, 18, 5, 5)),
      r'mask must be \(N, deform_groups\*K\*K, Ho, Wo\) = \(1, 9, 5, 5\), got \(1, 18, 5, 5\)'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 9)), {}, r'weight must be \(Cout, C/groups, Kh, Kw\), got \(4, 4, 9\)'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(groups=3), r'weight \(4, 4, 3, 3\) does not fit input channels 4 with groups=3'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(bias=torch.zeros(3)), r'bias must be \(4,\), got \(3,\)'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(bias=torch.zeros(4, dtype=torch.float64)),
+    ((X, OFFSET, (4, 4, 9)), {}, r'weight must be \(Cout, C/groups, Kh, Kw\), got \(4, 4, 9\)'),
+    ((X, OFFSET, WEIGHT), dict(groups=3), r'weight \(4, 4, 3, 3\) does not fit input channels 4 with groups=3'),
+    ((X, OFFSET, WEIGHT), dict(bias=torch.zeros(3)), r'bias must be \(4,\), got \(3,\)'),
+    ((X, OFFSET, WEIGHT), dict(bias=torch.zeros(4, dtype=torch.float64)),
      'bias has dtype torch.float64 but the input has torch.float32; give them one dtype or run under torch.autocast'),
-    (((1, 4, 5, 5), (1, 18, 5, 5), (4, 4, 3, 3)), dict(stride=(1, 1, 1)), r'stride must be an int or a pair of ints, got \(1, 1, 1\)'),
+    ((X, OFFSET, WEIGHT), dict(stride=(1, 1, 1)), r'stride must be an int or a pair of ints, got \(1, 1, 1\)'),
 ])
-def test_errors_name_the_problem(args, kwargs, message):
-    x, offset, weight = (torch.zeros(shape) for shape in args)
+def test_errors_name_the_problem(shapes, kwargs, message):
+    x, offset, weight = (torch.zeros(shape) for shape in shapes)
     with pytest.raises(ValueError, match=message):
         deform_conv2d_torch(x, offset, weight, **{'padding': 1, **kwargs})
 

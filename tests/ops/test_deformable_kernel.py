@@ -465,8 +465,10 @@ X, OFFSETS = torch.zeros(1, 4, 6, 6), torch.zeros(1, 18, 6, 6)
      r'local \(N, 2\*Kh\*Kw, Ho, Wo\) kernel_offset must have shape \(1, 18, 6, 6\)'),
     ((X, torch.zeros(4, 4, 3, 3), OFFSETS), dict(data_offset=torch.zeros(1, 17, 6, 6)),
      r'data_offset must have shape \(N, 2\*deform_groups\*9, 6, 6\)'),
-    ((X, torch.zeros(4, 4, 4, 4), OFFSETS), dict(grid='even'), r"grid must be one of \('centred', 'spread'\), got 'even'"),
-    ((X, torch.zeros(4, 4, 3, 3, dtype=DT), OFFSETS), {}, 'weight has dtype torch.float64 but the input has torch.float32'),
+    ((X, torch.zeros(4, 4, 4, 4), OFFSETS), dict(grid='even'),
+     r"grid must be one of \('centred', 'spread'\), got 'even'"),
+    ((X, torch.zeros(4, 4, 3, 3, dtype=DT), OFFSETS), {},
+     'weight has dtype torch.float64 but the input has torch.float32'),
 ])
 def test_local_errors_name_the_problem(args, kwargs, message):
     with pytest.raises(ValueError, match=message):

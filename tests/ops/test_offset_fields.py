@@ -62,7 +62,8 @@ def test_df_plus_dk_is_the_offset_and_legacy_names_agree(kernel_size):
 
 
 def test_unknown_component_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown offset component 'dkernel'; expected one of \('full', 'd_f', 'd_k'\)"):
+    message = r"unknown offset component 'dkernel'; expected one of \('full', 'd_f', 'd_k'\)"
+    with pytest.raises(ValueError, match=message):
         project_offsets(torch.zeros(1, 18, 2, 2), 3, 'dkernel')
 
 
