@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import Runner
@@ -135,16 +136,43 @@ def set_schedule(cfg: Config, length: int, warmup_iters: Optional[int] = None) -
 # ---------------------------------------------------------------------------------------- running
 @OPTIM_WRAPPERS.register_module()
 class CPUAmpOptimWrapper(OptimWrapper):
-    """Mixed precision on CPU: the forward pass under bfloat16 autocast.
+    """Mixed precision on a CPU-only machine: the detector's backbone runs under bfloat16 autocast.
 
     mmengine's ``AmpOptimWrapper`` needs a GPU (its ``GradScaler`` is CUDA's); bfloat16 keeps
-    float32's exponent range, so its gradients need no loss scaling.
+    float32's exponent range, so its gradients need no loss scaling. Only the backbone, where the
+    deformable layers are, is autocast: the CPU kernels of mmcv that the detection heads call
+    (RoIAlign, NMS) have no bfloat16 versions, so the backbone's features go on as float32.
     """
 
     @contextmanager
     def optim_context(self, model: torch.nn.Module):
-        with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16, cache_enabled=False):
-            yield
+        module = model.module if is_model_wrapper(model) else model
+        backbone = getattr(module, 'backbone', None)
+        if backbone is None:
+            raise TypeError(f'CPUAmpOptimWrapper autocasts a detector\'s backbone; {type(module).__name__} has none')
+        autocast = torch.autocast('cpu', dtype=torch.bfloat16, cache_enabled=False)
+        entered = []
+
+        def enter(module, args):
+            autocast.__enter__()
+            entered.append(True)
+
+        def leave(module, args, features):
+            autocast.__exit__(None, None, None)
+            entered.pop()
+            if isinstance(features, torch.Tensor):
+                return features.float()
+            return type(features)(f.float() for f in features)
+
+        handles = [backbone.register_forward_pre_hook(enter), backbone.register_forward_hook(leave)]
+        try:
+            with super().optim_context(model):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            if entered:  # the backbone raised: leave autocast all the same
+                autocast.__exit__(None, None, None)
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -218,7 +246,7 @@ def trust_local_checkpoints() -> None:
 
 def use_amp(cfg: Config) -> Config:
     """Mixed-precision training: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale)
-    on a GPU, :class:`CPUAmpOptimWrapper` (bfloat16) on a CPU-only machine."""
+    on a GPU, :class:`CPUAmpOptimWrapper` (bfloat16 backbone) on a CPU-only machine."""
     if torch.cuda.is_available():
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
