@@ -8,6 +8,6 @@ from ._deps import check_dependencies
 
 check_dependencies()
 
-from . import datasets, evaluation, hooks, layers, ops  # noqa: E402,F401  (registers modules)
+from . import datasets, evaluation, hooks, layers, ops, pretraining  # noqa: E402,F401  (registers modules)
 
 __all__ = ['__version__']

@@ -15,6 +15,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU_CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
 DCN_CONFIG = osp.join(CPU_CONFIG_DIR, 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
 TEST_IMAGE_SCALE = (160, 160)
+pytest_plugins = ['conftest_pretrained']  # the configs' pretrained backbone, tiny, in a temp cache
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

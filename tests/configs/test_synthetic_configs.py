@@ -18,7 +18,7 @@ def test_synthetic_config_matches_dataset_and_builds(path):
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         assert tuple(loader.dataset.metainfo.classes) == SYNTHETIC_CLASSES
     assert cfg.model.roi_head.bbox_head.num_classes == len(SYNTHETIC_CLASSES)
-    assert cfg.model.backbone.init_cfg is None  # nothing to download
+    assert cfg.model.backbone.init_cfg.checkpoint == 'deform-viz://resnet50-w16-shapes'  # made here, never downloaded
     model = MODELS.build(cfg.model)
     model.init_weights()
     dcn = cfg.model.backbone.get('dcn')

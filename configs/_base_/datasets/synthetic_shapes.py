@@ -4,7 +4,7 @@ dataset_type = 'CocoDataset'
 data_root = 'data/synthetic/'
 classes = ('circle', 'rectangle', 'triangle', 'star', 'cross')  # == deform_viz.datasets.SYNTHETIC_CLASSES
 metainfo = dict(classes=classes)
-image_scale = (256, 256)
+image_scale = (192, 192)  # the generator's default image size
 backend_args = None
 
 train_pipeline = [
