@@ -1,6 +1,6 @@
 """The published COCO numbers the configs in ``configs/`` are compared against, in one place.
 
-``tools/collect_results.py`` prints them beside finished runs, the README tables in
+``deform_viz.results`` puts them beside finished runs, the README tables in
 ``configs/revisiting_dcn``, ``configs/deformable_kernels`` and ``configs/test_time_projection``
 quote them, and ``tests/tools/test_collect_results.py`` checks that the READMEs and this table agree.
 
@@ -20,6 +20,8 @@ Sources
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from .variants import LABELS
+
 SOURCES: Dict[str, str] = {
     'revisiting': ('Revisiting the Deformable Convolution by Visualization, Table 1 '
                    '(R-50-FPN, 1x, COCO val2017)'),
@@ -28,19 +30,6 @@ SOURCES: Dict[str, str] = {
 }
 
 DETECTORS: Dict[str, str] = {'faster-rcnn': 'Faster R-CNN', 'mask-rcnn': 'Mask R-CNN'}
-
-# Variant keys, as tools/collect_results.py derives them from a run's config.
-VARIANTS: Dict[str, str] = {
-    'baseline': 'baseline (rigid 3x3)',
-    'dcn-df': 'd_f only',
-    'dcn-dk': 'd_k only',
-    'dcn': 'full DCN (d_f + d_k)',
-    'dkernel-global-s4': 'global DK, scope 4',
-    'dkernel-local-s4': 'local DK, scope 4',
-    'dcn-dkernel-local-s4': 'DCN + local DK, scope 4',
-    'dcn@test-df': 'DCN trained, d_f at test',
-    'dcn@test-dk': 'DCN trained, d_k at test',
-}
 
 # Table 1 marks (baseline, d_f, d_k) in the paper's layout.
 TABLE1_MARKS: Dict[str, Tuple[bool, bool, bool]] = {
@@ -56,7 +45,7 @@ class PaperRow:
     """One row of a README table: a config and what a paper reports for it."""
     table: str  # 'revisiting_dcn' | 'deformable_kernels' | 'test_time_projection'
     detector: str  # key of DETECTORS
-    variant: str  # key of VARIANTS
+    variant: str  # variant key (deform_viz.variants)
     config: str  # path from the repository root
     bbox_ap: Optional[float] = None  # paper's box AP (fraction), None: not in the paper
     segm_ap: Optional[float] = None  # paper's mask AP (fraction), None: not in the paper
@@ -64,7 +53,7 @@ class PaperRow:
 
     @property
     def name(self) -> str:
-        return f'{DETECTORS[self.detector]}, {VARIANTS[self.variant]}'
+        return f'{DETECTORS[self.detector]}, {LABELS[self.variant]}'
 
 
 _RD = 'configs/revisiting_dcn/'
@@ -137,10 +126,3 @@ def paper_rows(table: Optional[str] = None) -> Tuple[PaperRow, ...]:
         raise KeyError(f'unknown table {table!r}; known: {sorted(TABLES)}')
     return tuple(r for r in PAPER_ROWS if table is None or r.table == table)
 
-
-def paper_value(table: str, detector: str, variant: str) -> Optional[PaperRow]:
-    """The row of ``table`` for (detector, variant), or None."""
-    for row in paper_rows(table):
-        if row.detector == detector and row.variant == variant:
-            return row
-    return None

@@ -7,7 +7,7 @@ from mmengine.config import Config
 from mmengine.registry import HOOKS, MODELS
 
 import deform_viz
-from deform_viz.config_check import check_config
+from deform_viz.config_check import check_config, deformable_conv_types
 
 
 def test_import_registers_layers_and_hooks():
@@ -28,6 +28,11 @@ def test_mmcv_without_ops_fails_with_the_fix():
 
 def _resnet_cfg(**backbone):
     return Config(dict(model=dict(backbone=dict(type='ResNet', depth=50, **backbone))))
+
+
+def test_deformable_conv_types_are_mmcvs_and_ours():
+    assert deformable_conv_types() == ['DCN', 'DCNv2', 'DFOnlyDCN', 'DK', 'DKOnlyDCN', 'DecomposedDCN',
+                                       'DeformableKernel']
 
 
 def test_config_check_names_unknown_layer_and_known_ones():

@@ -56,6 +56,22 @@ def test_train_then_test_roundtrip(synthetic_data_root, tmp_path):
     assert all(len(p['pred_instances']['bboxes']) > 0 for p in predictions)
 
 
+@pytest.mark.slow
+def test_test_tool_stops_on_a_checkpoint_that_does_not_fit(tiny_checkpoint, tmp_path):
+    """The full-DCN (v1) checkpoint with the model built as DCNv2: exit status 1, the guard's message."""
+    cfg = synthetic_config(tiny_checkpoint.config, tiny_checkpoint.data_root, str(tmp_path / 'work'),
+                           {'model.backbone.dcn.modulated': True})
+    config = str(tmp_path / 'config.py')
+    cfg.dump(config)
+    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'test.py'), config, tiny_checkpoint.checkpoint],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == ("Likely fix: the checkpoint was trained with DCN v1 (offsets, no "
+                                              "masks): set modulated=False (mmcv: type='DCN')")
+    assert f'test.py: error: {tiny_checkpoint.checkpoint} does not fit 13 deformable layer(s)' in result.stderr
+    assert 'Traceback' not in result.stderr and 'Iter(test)' not in result.stdout + result.stderr
+
+
 def test_test_tool_parses_dump_options():
     parse = import_tool('test').parse_args
     args = parse(['c.py', 'w.pth', '--dump-offsets', 'd', '--dump-options', 'max_images=3', 'dtype=float32',

@@ -6,10 +6,13 @@ Same arguments as mmdet's tools/train.py:
 """
 import argparse
 import os
+import os.path as osp
+import sys
 
 from mmengine.config import DictAction
 
 import deform_viz  # noqa: F401  registers layers, hooks and checks the OpenMMLab stack
+from deform_viz.checkpoint_check import CheckpointMismatchError
 from deform_viz.engine import load_config, train
 
 
@@ -41,4 +44,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except CheckpointMismatchError as e:  # the message says what to change; the traceback would not
+        sys.exit(f'{osp.basename(sys.argv[0])}: error: {e}')

@@ -37,7 +37,7 @@ def all_configs() -> List[str]:
     return sorted(p for p in paths if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
 
 
-def synthetic_config(config: str, data_root: str, work_dir: str, *, name: str, checkpoint: bool = False,
+def short_run_config(config: str, data_root: str, work_dir: str, *, name: str, checkpoint: bool = False,
                      **cfg_options):
     """A COCO config turned into a one-iteration CPU run on the synthetic data (and ``cfg_options``)."""
     from mmengine.config import Config
@@ -158,7 +158,7 @@ def train_once(config: str, data_root: str, base_dir: str, *, checkpoint: bool =
         return cached
     from deform_viz.engine import train
     work_dir = osp.join(base_dir, stem)
-    cfg = synthetic_config(config, data_root, work_dir, name=stem, checkpoint=checkpoint)
+    cfg = short_run_config(config, data_root, work_dir, name=stem, checkpoint=checkpoint)
     start = time.perf_counter()
     with single_thread():
         runner = train(cfg)
@@ -180,7 +180,7 @@ def evaluate_once(config: str, checkpoint: str, data_root: str, base_dir: str) -
         return _CACHE[key]
     from deform_viz.engine import evaluate
     work_dir = osp.join(base_dir, stem)
-    cfg = synthetic_config(config, data_root, work_dir, name=stem)
+    cfg = short_run_config(config, data_root, work_dir, name=stem)
     start = time.perf_counter()
     with single_thread():
         metrics = evaluate(cfg, checkpoint)

@@ -1,5 +1,6 @@
-"""tools/collect_results.py on real outputs of short tools/train.py / tools/test.py runs (shared with
-tests/configs), including runs that crashed; and the README tables against deform_viz.paper_results."""
+"""deform_viz.results (and tools/collect_results.py) on real outputs of short train / evaluate runs
+(shared with tests/configs), including runs that crashed; and the README tables against
+deform_viz.paper_results."""
 import csv
 import io
 import json
@@ -11,13 +12,15 @@ import sys
 
 import pytest
 
-from deform_viz.engine import train
+from deform_viz import results
+from deform_viz.engine import set_schedule, train
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'configs'))
-from coco_runs import config_path, evaluate_once, single_thread, synthetic_config, train_once  # noqa: E402
-from conftest import import_tool  # noqa: E402
+from coco_runs import config_path, evaluate_once, short_run_config, single_thread, train_once  # noqa: E402
+from conftest import DCN_CONFIG, import_tool, synthetic_config  # noqa: E402
 
+from deform_viz.datasets import SYNTHETIC_CLASSES  # noqa: E402
 from deform_viz.paper_results import PAPER_ROWS, TABLES, paper_rows  # noqa: E402
 
 FASTER = {v: config_path('revisiting_dcn', f'faster-rcnn_r50{c}_fpn_2xb4-1x_coco.py')
@@ -25,11 +28,6 @@ FASTER = {v: config_path('revisiting_dcn', f'faster-rcnn_r50{c}_fpn_2xb4-1x_coco
 MASK_DCN = config_path('revisiting_dcn', 'mask-rcnn_r50-dconv-c3-c5_fpn_2xb2-1x_coco.py')
 FASTER_DK_LOCAL = config_path('deformable_kernels', 'faster-rcnn_r50-dkernel-local-s4-c3-c5_fpn_2xb4-1x_coco.py')
 FASTER_TEST_DF = config_path('test_time_projection', 'faster-rcnn_r50-dconv-c3-c5_fpn_2xb4-1x_coco_test-df.py')
-
-
-@pytest.fixture(scope='module')
-def tool():
-    return import_tool('collect_results')
 
 
 @pytest.fixture(scope='module')
@@ -46,13 +44,13 @@ def runs(synthetic_data_root, tmp_path_factory):
 
     # 1) trains its iteration, then validation cannot read its images
     crashed_val = osp.join(base, 'crashed-in-val')
-    cfg = synthetic_config(FASTER['baseline'], synthetic_data_root, crashed_val, name='crashed_val',
+    cfg = short_run_config(FASTER['baseline'], synthetic_data_root, crashed_val, name='crashed_val',
                            **{'val_dataloader.dataset.data_prefix.img': 'no-such-folder/'})
     with pytest.raises(FileNotFoundError), single_thread():
         train(cfg)
     # 2) the FPN expects other channels than the backbone gives: fails in the first forward pass
     crashed_first = osp.join(base, 'crashed-at-start')
-    cfg = synthetic_config(FASTER['baseline'], synthetic_data_root, crashed_first, name='crashed_first',
+    cfg = short_run_config(FASTER['baseline'], synthetic_data_root, crashed_first, name='crashed_first',
                            **{'model.neck.in_channels': [8, 8, 8, 8]})
     with pytest.raises(RuntimeError), single_thread():
         train(cfg)
@@ -60,8 +58,9 @@ def runs(synthetic_data_root, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def records(tool, runs):
-    return tool.build_records(tool.collect_runs([runs['base']]))
+def records(runs):
+    """The short runs use the COCO configs on synthetic data: let them fill the paper rows."""
+    return results.collect_results([runs['base']], any_data=True)
 
 
 def find(records, table, detector, variant):
@@ -134,7 +133,7 @@ def test_no_work_dir_is_dropped(records, runs):
 
 
 @pytest.mark.slow
-def test_logged_traceback_names_the_error(tool, runs, tmp_path):
+def test_logged_traceback_names_the_error(runs, tmp_path):
     """A log that ends in a traceback (a launcher that logs exceptions) gives 'crashed' + the error."""
     work = tmp_path / 'work'
     shutil.copytree(runs['crashed_val'], work)
@@ -142,30 +141,77 @@ def test_logged_traceback_names_the_error(tool, runs, tmp_path):
     with open(session / f'{session.name}.log', 'a') as f:
         f.write('Traceback (most recent call last):\n  File "tools/train.py", line 1, in <module>\n'
                 "FileNotFoundError: [Errno 2] No such file or directory: 'no-such-folder/1.png'\n")
-    (run,) = tool.collect_runs([str(work)])
+    (run,) = results.collect_runs([str(work)])
     assert run.status == 'failed'
     assert run.reason.startswith('crashed ') and 'FileNotFoundError: [Errno 2]' in run.reason
 
 
 @pytest.mark.slow
-def test_output_formats(tool, runs, capsys, tmp_path):
-    records = tool.main([runs['base'], '--format', 'markdown'])
+def test_output_formats(runs, capsys, tmp_path):
+    tool = import_tool('collect_results')
+    records = tool.main([runs['base'], '--format', 'markdown', '--any-data'])
     text = capsys.readouterr().out
     assert '## Table 1 of "Revisiting the Deformable Convolution by Visualization"' in text
     assert '| Faster R-CNN | ✓ |  |  | 0.374 |' in text
     assert '## Incomplete or failed runs' in text and 'crashed-in-val' in text
-    tool.main([runs['base'], '--format', 'csv'])
+    tool.main([runs['base'], '--format', 'csv', '--any-data'])
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == len(records) and set(rows[0]) == set(tool.FIELDS)
+    assert len(rows) == len(records) and set(rows[0]) == set(results.FIELDS)
     out = tmp_path / 'results.json'
-    tool.main([runs['base'], '--format', 'json', '--out', str(out)])
+    tool.main([runs['base'], '--format', 'json', '--out', str(out), '--any-data'])
     data = json.loads(out.read_text())
     assert len(data['records']) == len(records) and set(data['sources']) == {'revisiting', 'dkernel'}
 
 
-def test_missing_and_empty_dirs_are_reported(tool, tmp_path):
+@pytest.fixture(scope='module')
+def synthetic_run(synthetic_data_root, tmp_path_factory):
+    """The synthetic CPU detector (R-50 with DCN in c3-c5, like the demo), trained 4 iterations,
+    every box kept so that CocoMetric scores it: the work dir."""
+    work_dir = str(tmp_path_factory.mktemp('synthetic_dcn'))
+    cfg = synthetic_config(DCN_CONFIG, synthetic_data_root, work_dir)
+    set_schedule(cfg, 4)
+    cfg.model.test_cfg.rcnn.score_thr = 0.0
+    with single_thread():
+        train(cfg)
+    return work_dir
+
+
+@pytest.mark.slow
+def test_runs_on_other_data_stay_out_of_the_paper_tables(synthetic_run, runs):
+    """The synthetic run is listed apart, labelled; the short COCO-config runs on synthetic images
+    too. ``any_data`` lets them into the rows, noted."""
+    records = results.collect_results([synthetic_run, runs['base']])
+    paper = [r for r in records if r['table'] in TABLES and r['status'] != 'not run']
+    assert paper == []
+    (own,) = [r for r in records if r['run'] and r['run'].startswith(synthetic_run)]
+    assert (own['table'], own['data'], own['detector'], own['variant'], own['status']) == \
+        ('other_data', 'synthetic shapes', 'faster-rcnn', 'dcn', 'complete')
+    assert own['row'] == 'Faster R-CNN, full DCN (d_f + d_k)'
+    text = results.format_markdown(records)
+    assert "## Runs on other data than the papers' (not compared with their numbers)" in text
+    assert '| Faster R-CNN, full DCN (d_f + d_k) | synthetic shapes |' in text
+
+    (row,) = find(results.collect_results([synthetic_run], any_data=True), 'revisiting_dcn', 'faster-rcnn', 'dcn')
+    assert row['run'].startswith(synthetic_run) and row['data'] == 'synthetic shapes'
+    assert "data: synthetic shapes, not the paper's" in row['notes']
+
+
+def test_evaluation_data_names_the_papers_coco_and_the_rest():
+    def cfg(split, ann_file, **dataset):
+        return {f'{split}_dataloader': dict(dataset=dict(ann_file=ann_file, **dataset))}
+    assert results.evaluation_data(cfg('val', 'annotations/instances_val2017.json'), 'train') == 'COCO val2017'
+    wrapped = {'test_dataloader': dict(dataset=dict(type='RepeatDataset', dataset=dict(
+        ann_file='annotations/image_info_test-dev2017.json')))}
+    assert results.evaluation_data(wrapped, 'test') == 'COCO test-dev2017'
+    synthetic = cfg('val', 'annotations/instances_val.json', metainfo=dict(classes=SYNTHETIC_CLASSES))
+    assert results.evaluation_data(synthetic, 'train') == 'synthetic shapes'
+    assert results.evaluation_data(cfg('val', 'ann/voc.json', data_root='data/voc/'), 'train') == 'data/voc/ann/voc.json'
+    assert results.evaluation_data(cfg('val', 'annotations/instances_val2017.json'), 'test') == 'unknown'
+
+
+def test_missing_and_empty_dirs_are_reported(tmp_path):
     (tmp_path / 'empty').mkdir()
-    runs = tool.collect_runs([str(tmp_path / 'missing'), str(tmp_path / 'empty')])
+    runs = results.collect_runs([str(tmp_path / 'missing'), str(tmp_path / 'empty')])
     assert [(r.status, r.reason) for r in runs] == [
         ('failed', 'no such directory'), ('failed', 'no mmengine session (<timestamp>/) found')]
 
@@ -176,22 +222,23 @@ def test_missing_and_empty_dirs_are_reported(tool, tmp_path):
     (dict(type='DCNv2', deform_groups=1), 'dcnv2'),
     (dict(type='DFOnlyDCN'), 'dcn-df'),
     (dict(type='DKOnlyDCN'), 'dcn-dk'),
-    (dict(type='DecomposedDCN', component='dk', modulated=True), 'dcnv2-dk'),
+    (dict(type='DecomposedDCN', component='d_k', modulated=True), 'dcnv2-dk'),
+    (dict(type='DecomposedDCN', component='df'), 'dcn-df'),  # the component's name in older configs
     (dict(type='DeformableKernel', mode='local', scope=4), 'dkernel-local-s4'),
     (dict(type='DeformableKernel', mode='global', scope=(4, 4)), 'dkernel-global-s4'),
     (dict(type='DK', mode='local', scope=4, deform_data=True), 'dcn-dkernel-local-s4'),
 ])
-def test_describe_model(tool, dcn, variant):
+def test_describe_model(dcn, variant):
     backbone = dict(type='ResNet', depth=50)
     if dcn:
         backbone.update(dcn=dcn, stage_with_dcn=(False, True, True, True))
-    info = tool.describe_model(dict(model=dict(type='MaskRCNN', backbone=backbone)))
+    info = results.describe_model(dict(model=dict(type='MaskRCNN', backbone=backbone)))
     assert (info.detector, info.variant, info.standard) == ('mask-rcnn', variant, True)
     assert info.stages == ('c3-c5' if dcn else '')
 
 
-def test_describe_model_flags_other_architectures(tool):
-    info = tool.describe_model(dict(model=dict(type='FasterRCNN', backbone=dict(
+def test_describe_model_flags_other_architectures():
+    info = results.describe_model(dict(model=dict(type='FasterRCNN', backbone=dict(
         type='ResNet', depth=101, dcn=dict(type='DCN'), stage_with_dcn=(False, False, True, True)))))
     assert (info.variant, info.stages, info.backbone, info.standard) == ('dcn', 'c4-c5', 'ResNet-101', False)
 
