@@ -309,30 +309,37 @@ def _place_objects(rng: np.random.Generator, objects: List[Tuple[int, float]],
     """
     height, width = args.image_size
     reserved = np.zeros((height, width), dtype=np.int32)
+    table = _summed_area_table(reserved)
     placed = []
     for class_index, sqrt_area in objects:
         for _ in range(SHAPE_TRIES):
             polygon = sample_shape_polygon(SYNTHETIC_CLASSES[class_index], rng, sqrt_area, sample_aspect(rng, args),
                                            args.max_object_extent)
             foot_w, foot_h = (np.ceil(polygon.max(axis=0)) + 1).astype(int)
-            free_corners = _free_corners(reserved, foot_h, foot_w)
+            free_corners = _free_corners(table, foot_h, foot_w)
             if len(free_corners):
                 y, x = free_corners[rng.integers(len(free_corners))]
                 placed.append((class_index, polygon + [x, y] + rng.uniform(0, 1, size=2)))
                 reserved[max(y - OBJECT_GAP, 0):y + foot_h + OBJECT_GAP,
                          max(x - OBJECT_GAP, 0):x + foot_w + OBJECT_GAP] = 1
+                table = _summed_area_table(reserved)
                 break
     return placed
 
 
-def _free_corners(reserved: np.ndarray, foot_h: int, foot_w: int) -> np.ndarray:
-    """``(K, 2)`` (y, x) corners where a ``foot_h`` x ``foot_w`` block overlaps nothing reserved
-    and keeps BORDER_MARGIN from the border, found with a summed-area table."""
-    height, width = reserved.shape
-    table = np.zeros((height + 1, width + 1), dtype=np.int32)
+def _summed_area_table(reserved: np.ndarray) -> np.ndarray:
+    """``(H + 1, W + 1)``: entry (y, x) counts the reserved pixels above and left of pixel (y, x)."""
+    table = np.zeros((reserved.shape[0] + 1, reserved.shape[1] + 1), dtype=np.int32)
     table[1:, 1:] = reserved.cumsum(axis=0).cumsum(axis=1)
+    return table
+
+
+def _free_corners(table: np.ndarray, foot_h: int, foot_w: int) -> np.ndarray:
+    """``(K, 2)`` (y, x) corners where a ``foot_h`` x ``foot_w`` block overlaps nothing reserved
+    (``table``: their summed-area table) and keeps BORDER_MARGIN from the border."""
+    height, width = table.shape[0] - 1, table.shape[1] - 1
     window = (table[foot_h:, foot_w:] - table[:-foot_h, foot_w:]
-              - table[foot_h:, :-foot_w] + table[:-foot_h, :-foot_w])  # (y, x) -> block sum
+              - table[foot_h:, :-foot_w] + table[:-foot_h, :-foot_w])  # (y, x) -> reserved pixels in the block
     m = BORDER_MARGIN
     inside = window[m:height - m - foot_h + 1, m:width - m - foot_w + 1]
     return np.argwhere(inside == 0) + m
