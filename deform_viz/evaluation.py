@@ -41,8 +41,9 @@ def best_ious(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, pred_boxes: torch
 
 @METRICS.register_module()
 class BestIoUMetric(BaseMetric):
-    """``bbox_mean_best_iou``: mean over the ground-truth boxes of an annotation file of
-    :func:`best_ious`, and ``bbox_num_gt``, how many boxes it averages (crowd boxes left out).
+    """``bbox_mean_best_iou``: mean of :func:`best_ious` over the ground-truth boxes of the evaluated
+    images (as ``CocoMetric``, the images that were predicted), and ``bbox_num_gt``, how many boxes
+    it averages (crowd boxes left out).
 
     Args:
         ann_file: the COCO json of the evaluated images (as ``CocoMetric``'s ``ann_file``).
@@ -62,10 +63,10 @@ class BestIoUMetric(BaseMetric):
         cat_ids = self.coco.get_cat_ids(cat_names=self.dataset_meta['classes'])
         label_of = {cat_id: label for label, cat_id in enumerate(cat_ids)}
         predictions = {img_id: (boxes, labels) for img_id, boxes, labels in results}
-        missing = sorted(set(self.coco.get_img_ids()) - set(predictions))
-        if missing:
-            raise ValueError(f'BestIoUMetric: no predictions for {len(missing)} image(s) of the '
-                             f'annotation file, e.g. {missing[:5]}; evaluate the whole split')
+        unknown = sorted(set(predictions) - set(self.coco.get_img_ids()))
+        if unknown:
+            raise ValueError(f'BestIoUMetric: {len(unknown)} evaluated image(s) are not in the annotation '
+                             f'file, e.g. {unknown[:5]}; is ann_file the one of the evaluated split?')
         per_box = []
         for img_id, (pred_boxes, pred_labels) in predictions.items():
             anns = [a for a in self.coco.load_anns(self.coco.get_ann_ids(img_ids=[img_id]))

@@ -44,10 +44,12 @@ def test_metric_averages_every_ground_truth_box(tmp_path):
     assert result == {'coco/bbox_mean_best_iou': pytest.approx(0.5 / 3), 'coco/bbox_num_gt': 3.0}
 
 
-def test_metric_refuses_a_partial_evaluation(tmp_path):
-    ann = write_coco(tmp_path / 'val.json', [1, 2, 3], [(1, 10, [0, 0, 10, 10], 0)])
+def test_metric_covers_the_evaluated_images_and_refuses_foreign_ones(tmp_path):
+    ann = write_coco(tmp_path / 'val.json', [1, 2, 3], [(1, 10, [0, 0, 10, 10], 0), (2, 10, [0, 0, 8, 8], 0)])
     metric = BestIoUMetric(ann_file=ann)
     metric.dataset_meta = {'classes': ('circle', 'square')}
-    metric.process({}, [sample(1, [[0, 0, 10, 10]], [0])])
-    with pytest.raises(ValueError, match=r'no predictions for 2 image\(s\).*\[2, 3\]'):
+    metric.process({}, [sample(1, [[0, 0, 10, 10]], [0])])   # a subset of the split, as CocoMetric allows
+    assert metric.evaluate(size=1) == {'coco/bbox_mean_best_iou': 1.0, 'coco/bbox_num_gt': 1.0}
+    metric.process({}, [sample(7, [[0, 0, 10, 10]], [0])])
+    with pytest.raises(ValueError, match=r'1 evaluated image\(s\) are not in the annotation file, e.g. \[7\]'):
         metric.evaluate(size=1)
