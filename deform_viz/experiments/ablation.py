@@ -19,6 +19,7 @@ from mmengine.runner import find_latest_checkpoint
 from ..analysis import analyze_offsets, headline
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
+from ..fileio import write_atomically
 from ..variants import LABELS, projected_variant
 from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
 from .paired import check_pairing
@@ -117,10 +118,7 @@ def _read_json(path: str) -> Optional[dict]:
 
 
 def _write_json(path: str, value) -> None:
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: json.dump(value, f, indent=2), text=True)
 
 
 def _metrics(raw: dict) -> Dict[str, float]:

@@ -19,9 +19,10 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
+from mmdet.registry import HOOKS, MODELS
 from mmengine.runner import set_random_seed
 
-from mmdet.registry import HOOKS, MODELS
+from ..fileio import write_atomically
 
 FIRST_LOSS_FILE = 'first_loss.json'
 OFFSET_PREDICTORS = ('conv_offset', 'conv_data_offset')
@@ -53,9 +54,8 @@ def write_paired_init(row_cfg: Config, reference_state: dict, path: str) -> str:
         raise ValueError(f'{row_cfg.filename}: cannot start from the reference weights: missing '
                          f'{missing[:5]}, unexpected {unexpected[:5]}')
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp'
-    torch.save({'state_dict': model.state_dict(), 'meta': {'paired_init': True}}, tmp)
-    os.replace(tmp, path)
+    checkpoint = {'state_dict': model.state_dict(), 'meta': {'paired_init': True}}
+    write_atomically(path, lambda f: torch.save(checkpoint, f))
     return path
 
 
@@ -84,8 +84,7 @@ class PairedStartHook(Hook):
             return
         loss = outputs['loss']
         record = {'seed': self.seed, 'loss': float(loss.item() if torch.is_tensor(loss) else loss)}
-        with open(osp.join(runner.work_dir, FIRST_LOSS_FILE), 'w') as f:
-            json.dump(record, f)
+        write_atomically(osp.join(runner.work_dir, FIRST_LOSS_FILE), lambda f: json.dump(record, f), text=True)
 
 
 def read_first_loss(run_dir: str) -> float:
