@@ -28,9 +28,10 @@ def _resize_scales(cfg, split):
 
 def test_set_image_scale_finds_resize_by_type():
     cfg = Config.fromfile(DF_CONFIG)
+    configured = [tuple(cfg.image_scale)]
     set_image_scale(cfg, (96, 96), splits=('test',))
     assert _resize_scales(cfg, 'test') == [(96, 96)]
-    assert _resize_scales(cfg, 'train') == _resize_scales(cfg, 'val') == [(256, 256)]
+    assert _resize_scales(cfg, 'train') == _resize_scales(cfg, 'val') == configured != [(96, 96)]
     set_image_scale(cfg, [64, 80])
     assert [_resize_scales(cfg, s) for s in ('train', 'val', 'test')] == [[(64, 80)]] * 3
     for split in ('train', 'val', 'test'):
