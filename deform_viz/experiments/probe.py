@@ -153,6 +153,7 @@ class ProbeSplit:
     """
     name: str
     ann_file: str
+    feature_key: str  # hash of what the features depend on: annotations, backbone, weights, normalisation
     features: Tensor
     gt_instances: List[InstanceData]
     metainfo: List[dict]
@@ -280,7 +281,7 @@ def load_split(data_root: str, split: str, backbone: nn.Module, preprocessor: nn
         gt.labels = torch.tensor([inst['bbox_label'] for inst in kept], dtype=torch.long)
         gt_instances.append(gt)
         metainfo.append(dict({k: tuple(v) for k, v in shape.items()}, img_id=info['img_id'], scale_factor=(1.0, 1.0)))
-    return ProbeSplit(split, ann_file, features, gt_instances, metainfo)
+    return ProbeSplit(split, ann_file, name, features, gt_instances, metainfo)
 
 
 # ---------------------------------------------------------------------- model
@@ -488,15 +489,16 @@ def _write_json(path: str, value) -> None:
     write_atomically(path, lambda f: json.dump(value, f, indent=2), text=True)
 
 
-def check_work_dir(work_dir: str, key: dict) -> None:
-    """Record the settings in ``work_dir``; refuse a directory whose runs were made with others."""
-    path = osp.join(work_dir, 'settings.json')
+def check_work_dir(work_dir: str, key: dict, what: str = 'settings') -> None:
+    """Record ``key`` in ``<work_dir>/<what>.json``; refuse a directory whose runs were made with
+    another one (``what``: 'settings', or 'features', the keys of the cached features)."""
+    path = osp.join(work_dir, f'{what}.json')
     stored = _read_json(path)
     if stored is None:
         _write_json(path, key)
     elif stored != key:
         changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-        raise ValueError(f'{work_dir} holds probe runs made with other settings ({", ".join(changed)}); '
+        raise ValueError(f'{work_dir} holds probe runs made with other {what} ({", ".join(changed)}); '
                          'pass another --work-dir or delete that directory')
 
 
@@ -520,6 +522,8 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
     cache_dir = cache_dir or default_cache_dir()
     train, val = (load_split(data_root, split, backbone, preprocessor, description, cache_dir, log=log)
                   for split in SPLITS)
+    # the same settings can mean other data or weights (a new dataset version, another pretraining)
+    check_work_dir(work_dir, {split.name: split.feature_key for split in (train, val)}, 'features')
     in_channels = train.features.shape[1]
     runs = {}
     for seed in settings.seeds:

@@ -193,11 +193,17 @@ def test_report_refuses_unpaired_runs(tiny_run, data_root, tmp_path):
         assert f.read() == before  # the refused report was not written
 
 
-def test_a_work_dir_of_other_settings_is_refused(tiny_run, data_root):
+def test_a_work_dir_of_other_settings_or_features_is_refused(tiny_run, data_root, tmp_path):
     work_dir, _, settings = tiny_run
     other = ProbeSettings(**dict(TINY, seeds=(0, 1), variants=('baseline', 'dcn'), iters=3))  # iters 20 stored
     with pytest.raises(ValueError, match=r'holds probe runs made with other settings \(iters\)'):
         run_probe(other, work_dir, data_root)
+    copy = str(tmp_path / 'work')  # the same settings, but features of other weights or data
+    shutil.copytree(work_dir, copy)
+    with open(osp.join(copy, 'features.json'), 'w') as f:
+        json.dump({'train': 'features of another backbone', 'val': 'features of another backbone'}, f)
+    with pytest.raises(ValueError, match=r'holds probe runs made with other features \(train, val\)'):
+        run_probe(settings, copy, data_root, cache_dir=osp.join(work_dir, 'cache'))
 
 
 def test_bad_settings_are_named(tmp_path):
