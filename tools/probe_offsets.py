@@ -24,19 +24,21 @@ import deform_viz  # noqa: F401  checks the OpenMMLab stack
 from deform_viz.experiments.probe import VARIANT_CONVS, ProbeSettings, probe_table, run_probe
 
 DEFAULTS = ProbeSettings()
+SCALARS = {'num_train': int, 'num_val': int, 'image_size': int, 'data_seed': int, 'num_layers': int,
+           'channels': int, 'iters': int, 'batch_size': int, 'lr': float, 'offset_lr_mult': float,
+           'backbone_weights': str}  # the ProbeSettings fields with an option of their own
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Mechanism probe: deformable layers + FCOS head on frozen c3 features')
+    parser = argparse.ArgumentParser(
+        description='Mechanism probe: deformable layers and an FCOS head on frozen c3 features')
     parser.add_argument('--work-dir', default='work_dirs/probe')
     parser.add_argument('--data-root', default='data/probe', help='where the synthetic dataset is generated')
     parser.add_argument('--cache-dir', help='feature cache (default: $DEFORM_VIZ_CACHE/probe-features)')
     parser.add_argument('--seeds', type=int, nargs='+', help=f'default: {list(DEFAULTS.seeds)}')
     parser.add_argument('--variants', nargs='+', choices=list(VARIANT_CONVS), metavar='VARIANT',
                         help=f'default: {list(DEFAULTS.variants)}')
-    for name, kind in (('num_train', int), ('num_val', int), ('image_size', int), ('data_seed', int),
-                       ('num_layers', int), ('channels', int), ('iters', int), ('batch_size', int),
-                       ('lr', float), ('offset_lr_mult', float), ('backbone_weights', str)):
+    for name, kind in SCALARS.items():
         parser.add_argument(f'--{name.replace("_", "-")}', type=kind, dest=name,
                             help=f'default: {getattr(DEFAULTS, name)}')
     parser.add_argument('--dataset', nargs='+', default=[], metavar='KEY=VALUE',
@@ -69,9 +71,7 @@ def verdict_lines(claims: dict) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = {name: getattr(args, name) for name in ('seeds', 'variants', 'num_train', 'num_val', 'image_size',
-                                                        'data_seed', 'num_layers', 'channels', 'iters', 'batch_size',
-                                                        'lr', 'offset_lr_mult', 'backbone_weights')
+    overrides = {name: getattr(args, name) for name in ('seeds', 'variants', *SCALARS)
                  if getattr(args, name) is not None}
     try:
         settings = dataclasses.replace(DEFAULTS, dataset=dataset_options(args.dataset), **overrides)
@@ -85,9 +85,10 @@ def main(argv=None) -> int:
     if args.format == 'json':
         print(json.dumps(report, indent=2))
         return 0
-    print(f'\nMechanism probe: {settings.num_train} train / {settings.num_val} val images at {settings.image_size} px, '
-          f'{settings.num_layers} layers x {settings.channels} channels, {settings.iters} iterations of '
-          f'{settings.batch_size}, seeds {list(settings.seeds)}; first losses paired in every seed\n')
+    print(f'\nMechanism probe: {settings.num_train} train / {settings.num_val} val images at '
+          f'{settings.image_size} px, {settings.num_layers} layers x {settings.channels} channels, '
+          f'{settings.iters} iterations of {settings.batch_size}, seeds {list(settings.seeds)}; '
+          'first losses paired in every seed\n')
     print(probe_table(report))
     print('\n' + '\n'.join(verdict_lines(report['claims'])))
     print(f'\nwall time {minutes:.1f} min; {report["work_dir"]}/probe.json, probe.png')

@@ -117,7 +117,8 @@ class ProbeSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be a positive integer, got {getattr(self, name)}')
         if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f'image_size must be a multiple of 32 (the backbone pads to it), got {self.image_size}')
+            raise ValueError(f'image_size must be a multiple of 32 (the backbone pads to it), '
+                             f'got {self.image_size}')
         if self.channels < 32 or self.channels % 32:
             raise ValueError(f'channels must be a multiple of 32 (GroupNorm with 32 groups), got {self.channels}')
         if not self.lr > 0 or not self.offset_lr_mult >= 0:
@@ -249,11 +250,12 @@ def load_split(data_root: str, split: str, backbone: nn.Module, preprocessor: nn
                               metainfo=dict(classes=SYNTHETIC_CLASSES), pipeline=pipeline, test_mode=True)
     infos = [dataset.get_data_info(i) for i in range(len(dataset))]
     img_ids = [info['img_id'] for info in infos]
-    key = dict(description, format=FEATURE_FORMAT, split=split, annotations_sha256=_file_sha256(ann_file))
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    key = json.dumps(dict(description, format=FEATURE_FORMAT, split=split,
+                          annotations_sha256=_file_sha256(ann_file)), sort_keys=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
     path = osp.join(cache_dir, f'c3-{split}-{name}.pt')
     cached = torch.load(path, weights_only=True) if osp.isfile(path) else None
-    if cached is not None and cached['key_json'] == json.dumps(key, sort_keys=True) and cached['img_ids'] == img_ids:
+    if cached is not None and cached['key_json'] == key and cached['img_ids'] == img_ids:
         features, shapes = cached['features'], cached['shapes']
     else:
         start = time.perf_counter()
@@ -268,8 +270,7 @@ def load_split(data_root: str, split: str, backbone: nn.Module, preprocessor: nn
                            for s in batch['data_samples']]
         features = torch.cat(chunks)
         os.makedirs(cache_dir, exist_ok=True)
-        value = {'key_json': json.dumps(key, sort_keys=True), 'img_ids': img_ids, 'shapes': shapes,
-                 'features': features}
+        value = {'key_json': key, 'img_ids': img_ids, 'shapes': shapes, 'features': features}
         write_atomically(path, lambda f: torch.save(value, f))
         log(f'probe: c3 features of {len(dataset)} {split} images in {time.perf_counter() - start:.1f} s '
             f'-> {path}')
@@ -280,7 +281,8 @@ def load_split(data_root: str, split: str, backbone: nn.Module, preprocessor: nn
         gt.bboxes = torch.tensor([inst['bbox'] for inst in kept], dtype=torch.float32).reshape(-1, 4)
         gt.labels = torch.tensor([inst['bbox_label'] for inst in kept], dtype=torch.long)
         gt_instances.append(gt)
-        metainfo.append(dict({k: tuple(v) for k, v in shape.items()}, img_id=info['img_id'], scale_factor=(1.0, 1.0)))
+        metainfo.append(dict({k: tuple(v) for k, v in shape.items()}, img_id=info['img_id'],
+                             scale_factor=(1.0, 1.0)))
     return ProbeSplit(split, ann_file, name, features, gt_instances, metainfo)
 
 
@@ -346,7 +348,8 @@ def reference_state(settings: ProbeSettings, seed: int, in_channels: int) -> Dic
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def paired_model(variant: str, state: Dict[str, Tensor], settings: ProbeSettings, in_channels: int) -> ProbeDetector:
+def paired_model(variant: str, state: Dict[str, Tensor], settings: ProbeSettings,
+                 in_channels: int) -> ProbeDetector:
     """``variant`` holding the reference weights ``state``; only its offset predictors keep their
     zero initialisation (Deformable Kernels map the K x K weights into their scope on load)."""
     model = ProbeDetector(variant, in_channels, settings.channels, settings.num_layers)

@@ -14,7 +14,8 @@ from deform_viz.datasets import make_synthetic_coco
 from deform_viz.experiments import PairingError
 from deform_viz.experiments import probe
 from deform_viz.experiments.probe import (REFERENCE, VARIANT_CONVS, ProbeSettings, batch_order, feature_backbone,
-                                          load_split, paired_model, reference_state, run_path, run_probe, train_probe)
+                                          load_split, paired_model, reference_state, run_path, run_probe,
+                                          train_probe)
 from deform_viz.ops.kernel_sampling import scope_from_kernel
 from deform_viz.variants import variant_of_conv_cfg
 
@@ -113,7 +114,8 @@ def test_batch_order_is_the_seeds_permutations():
     order = batch_order(num_images=4, iters=3, batch_size=2, seed=0)
     assert order.shape == (3, 2)
     assert sorted(order[:2].flatten().tolist()) == [0, 1, 2, 3]
-    assert torch.equal(order, batch_order(4, 3, 2, seed=0)) and not torch.equal(order, batch_order(4, 3, 2, seed=1))
+    assert torch.equal(order, batch_order(4, 3, 2, seed=0))
+    assert not torch.equal(order, batch_order(4, 3, 2, seed=1))
 
 
 def test_an_unpaired_first_step_stops_training(splits):
