@@ -1,0 +1,72 @@
+"""The paired ablation end to end on a tiny setting: pairing, projections, claims, outputs, resume."""
+import json
+import os.path as osp
+
+import pytest
+
+from deform_viz.experiments import PairingError
+from deform_viz.experiments.ablation import ROWS, Ablation, AblationSettings, row_config, write_outputs
+from deform_viz.experiments.pairing import build_initialised_model
+
+TINY = dict(iters=2, num_train=4, num_val=2, image_size=96)
+
+
+def settings(tmp_path, **kwargs):
+    return AblationSettings(**{**TINY, 'seeds': [0], 'rows': ['baseline', 'dcn'],
+                               'data_root': str(tmp_path / 'data'), 'work_dir': str(tmp_path / 'abl'), **kwargs})
+
+
+@pytest.mark.slow
+def test_paired_rows_projections_claims_and_resume(tmp_path):
+    s = settings(tmp_path)
+    result = Ablation(s).run()
+    losses = result['pairing'][0]
+    assert set(losses) == {'baseline', 'dcn'}
+    assert losses['baseline'] == losses['dcn']  # the same rigid network on the same first batch
+    assert result['rows'] == ['baseline', 'dcn', 'dcn@test-df', 'dcn@test-dk']
+    for metric in ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou'):
+        entry = result['metrics'][metric]['dcn']
+        assert list(entry['per_seed']) == [0] and entry['vs_reference']['seeds'] == [0]
+    # each row's value is what its own evaluation logged
+    for variant in ('baseline', 'dcn'):
+        record = json.load(open(osp.join(s.work_dir, variant, 'seed0', 'result.json')))
+        assert result['metrics']['bbox_mean_best_iou'][variant]['per_seed'][0] == \
+            record['metrics']['bbox_mean_best_iou']
+    assert result['claims']['d_k carries the gain']['verdict'] == 'not run'  # no d_f / d_k rows
+    report = json.load(open(osp.join(s.work_dir, 'dcn', 'seed0', 'offset_report.json')))
+    assert report['num_images'] == 2 and report['across_layers']['num_layers'] == 13
+    assert result['claims']['d_k tracks size']['per_seed'][0]['layers'] == 13
+    paths = write_outputs(result, str(tmp_path / 'out'), 'python tools/mini_ablation.py --iters 2')
+    assert json.load(open(paths['json']))['command'] == 'python tools/mini_ablation.py --iters 2'
+    assert open(paths['markdown']).read().count('\n') == 2 + len(result['rows'])
+    assert open(paths['plot'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    # a second run reuses every finished run: the same numbers, nothing trained
+    again = Ablation(s, log=lambda message: pytest.fail(f'trained again: {message}')).run()
+    assert json.dumps(again['metrics']) == json.dumps(result['metrics'])  # (NaN spreads for one seed)
+
+
+@pytest.mark.slow
+def test_an_unpaired_row_is_refused(tmp_path):
+    Ablation(settings(tmp_path, rows=['baseline'])).run()
+    ablation = Ablation(settings(tmp_path))
+    # the full DCN starts from seed 1's initial weights instead of the baseline's (seed 0)
+    baseline = row_config(ROWS['baseline'], ablation.settings, 1, str(tmp_path / 'data'), str(tmp_path / 'x'))
+    ablation._reference_state[0] = build_initialised_model(baseline, seed=1).state_dict()
+    with pytest.raises(PairingError, match="'baseline' and 'dcn' are not paired"):
+        ablation.run()
+
+
+def test_settings_are_checked_before_work(tmp_path):
+    with pytest.raises(ValueError, match="must include 'baseline'"):
+        settings(tmp_path, rows=['dcn'])
+    with pytest.raises(ValueError, match=r"unknown rows \['dk'\]"):
+        settings(tmp_path, rows=['baseline', 'dk'])
+    with pytest.raises(ValueError, match='seeds must be distinct'):
+        settings(tmp_path, seeds=[0, 0])
+
+
+@pytest.mark.slow
+def test_a_run_made_with_other_settings_is_refused(tmp_path):
+    Ablation(settings(tmp_path, rows=['baseline'])).run()
+    with pytest.raises(ValueError, match=r'other settings \(iters\)'):
+        Ablation(settings(tmp_path, rows=['baseline'], iters=3)).run()
