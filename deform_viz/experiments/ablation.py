@@ -196,11 +196,16 @@ class Ablation:
         _write_json(result_file, result)
         return result
 
+    def make_data(self) -> dict:
+        """The synthetic dataset of the settings (reused when complete); see ``make_synthetic_coco``."""
+        s = self.settings
+        return make_synthetic_coco(s.data_root, num_train=s.num_train, num_val=s.num_val,
+                                   image_size=(s.image_size, s.image_size), seed=0)
+
     def run(self) -> dict:
         start = time.time()
         s = self.settings
-        data = make_synthetic_coco(s.data_root, num_train=s.num_train, num_val=s.num_val,
-                                   image_size=(s.image_size, s.image_size), seed=0)
+        data = self.make_data()
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
         values = {m: {} for m in METRICS}
         pairing, offset_reports = {}, {}
