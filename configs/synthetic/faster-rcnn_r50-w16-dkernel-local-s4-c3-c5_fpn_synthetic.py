@@ -5,3 +5,4 @@ model = dict(
     backbone=dict(
         dcn=dict(type='DeformableKernel', mode='local', scope=4, fallback_on_stride=False),
         stage_with_dcn=(False, True, True, True)))
+custom_hooks = [dict(type='OffsetStatsHook', interval=50)]
