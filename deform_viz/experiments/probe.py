@@ -312,11 +312,13 @@ class ProbeDetector(BaseModule):
             norm=build_norm_layer(norm_cfg, channels)[1],
             relu=nn.ReLU(inplace=True))) for _ in range(num_layers)])
         with _mmdet_scope():
-            # one level: every box size regressed at stride 8; the towers are the layers above
+            # one level, every box size regressed at stride 8; the towers are the layers above. No
+            # centre sampling: a cell near the edge of a large box must still reach all of it, which
+            # is what offsets (or a rigid stack's receptive field) can do
             self.head = MODELS.build(dict(
                 type='FCOSHead', num_classes=num_classes, in_channels=channels, feat_channels=channels,
                 stacked_convs=0, strides=[FEATURE_STRIDE], regress_ranges=((-1, INF),),
-                norm_on_bbox=True, centerness_on_reg=True, loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
+                norm_on_bbox=True, loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
                 norm_cfg=norm_cfg, test_cfg=ConfigDict(TEST_CFG)))
 
     def init_weights(self) -> None:
