@@ -6,7 +6,6 @@ projected to d_f or d_k. Every run directory keeps its result, so an interrupted
 and a directory made with other settings is refused. The analysis is fixed in
 ``docs/results/PLAN.md``.
 """
-import json
 import os
 import os.path as osp
 import time
@@ -19,11 +18,11 @@ from mmengine.runner import find_latest_checkpoint
 from ..analysis import analyze_offsets, headline
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
-from ..fileio import write_atomically
 from ..variants import LABELS, projected_variant
 from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
 from .paired import check_pairing
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
+from .records import check_recorded, read_json, write_json
 from .report import markdown_table, paired_report, plot_paired
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -95,32 +94,6 @@ def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, 
     return cfg
 
 
-def _check_settings(run_dir: str, key: dict) -> None:
-    path = osp.join(run_dir, 'settings.json')
-    if osp.isfile(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored != key:
-            changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-            raise ValueError(f'{run_dir} holds a run made with other settings ({", ".join(changed)}); '
-                             'pass another --work-dir or delete that directory')
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(key, f, indent=2)
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, value) -> None:
-    write_atomically(path, lambda f: json.dump(value, f, indent=2), text=True)
-
-
 def _metrics(raw: dict) -> Dict[str, float]:
     # mmdet's CocoMetric returns nothing for a detector without detections: COCO's AP is then 0
     return {m: float(raw.get(f'coco/{m}', 0.0)) for m in METRICS}
@@ -153,9 +126,9 @@ class Ablation:
     def train_row(self, row: Row, seed: int, data_root: str) -> dict:
         """Train (or reuse) one row for one seed, evaluate it, and return its result record."""
         run_dir = self.run_dir(row.variant, seed)
-        _check_settings(run_dir, self.settings.run_key())
+        check_recorded(run_dir, self.settings.run_key(), runs='a run')
         result_file = osp.join(run_dir, 'result.json')
-        result = _read_json(result_file)
+        result = read_json(result_file)
         if result is not None:
             return result
         self.log(f'\n=== {LABELS.get(row.variant, row.variant)}, seed {seed} ===')
@@ -177,15 +150,15 @@ class Ablation:
         if dumps is not None:  # the offsets of the full DCN, for claims 2 and 3
             report = analyze_offsets(dumps, osp.join(data_root, 'annotations', 'instances_val.json'))
             result['offset_report'] = osp.join(run_dir, 'offset_report.json')
-            _write_json(result['offset_report'], report)
-        _write_json(result_file, result)
+            write_json(result['offset_report'], report)
+        write_json(result_file, result)
         return result
 
     def project_row(self, trained: dict, variant: str, component: str, data_root: str) -> dict:
         """Evaluate a trained full DCN with its offsets projected to ``component``."""
         run_dir = self.run_dir(PROJECTED_FROM, trained['seed'])
         result_file = osp.join(run_dir, f'result_{variant}.json')
-        result = _read_json(result_file)
+        result = read_json(result_file)
         if result is not None:
             return result
         cfg = row_config(ROWS[PROJECTED_FROM], self.settings, trained['seed'], data_root,
@@ -193,7 +166,7 @@ class Ablation:
         cfg.model.backbone.dcn.component = component
         result = {'variant': variant, 'seed': trained['seed'], 'checkpoint': trained['checkpoint'],
                   'metrics': _metrics(evaluate(cfg, trained['checkpoint']))}
-        _write_json(result_file, result)
+        write_json(result_file, result)
         return result
 
     def make_data(self) -> dict:
@@ -218,7 +191,7 @@ class Ablation:
                 for m in METRICS:
                     values[m].setdefault(r['variant'], {})[seed] = r['metrics'][m]
                 if r['variant'] == PROJECTED_FROM:
-                    offset_reports[seed] = _read_json(r['offset_report'])
+                    offset_reports[seed] = read_json(r['offset_report'])
                     for variant, component in PROJECTIONS:
                         p = self.project_row(r, variant, component, data['out_dir'])
                         for m in METRICS:
@@ -240,7 +213,7 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
     paths = {'json': osp.join(out_dir, 'mini_ablation.json'),
              'markdown': osp.join(out_dir, 'mini_ablation.md'),
              'plot': osp.join(out_dir, 'mini_ablation.png')}
-    _write_json(paths['json'], result)
+    write_json(paths['json'], result)
     table = markdown_table(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES)
     with open(paths['markdown'], 'w') as f:
         f.write(table + '\n')

@@ -53,6 +53,7 @@ from .ablation import CONFIG_DIR, METRIC_NAMES, METRICS, REFERENCE, ROWS
 from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
 from .paired import PairingError, check_pairing
 from .pairing import OFFSET_PREDICTORS
+from .records import check_recorded, read_json, write_json
 from .report import markdown_table, paired_report
 
 #: variant key -> ``conv_cfg`` of ``mmcv.cnn.build_conv_layer``: the registered types the configs use
@@ -482,31 +483,6 @@ def evaluate_probe(model: ProbeDetector, split: ProbeSplit,
 
 
 # ---------------------------------------------------------------------- runs
-def _read_json(path: str) -> Optional[dict]:
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, value) -> None:
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    write_atomically(path, lambda f: json.dump(value, f, indent=2), text=True)
-
-
-def check_work_dir(work_dir: str, key: dict, what: str = 'settings') -> None:
-    """Record ``key`` in ``<work_dir>/<what>.json``; refuse a directory whose runs were made with
-    another one (``what``: 'settings', or 'features', the keys of the cached features)."""
-    path = osp.join(work_dir, f'{what}.json')
-    stored = _read_json(path)
-    if stored is None:
-        _write_json(path, key)
-    elif stored != key:
-        changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
-        raise ValueError(f'{work_dir} holds probe runs made with other {what} ({", ".join(changed)}); '
-                         'pass another --work-dir or delete that directory')
-
-
 def run_path(work_dir: str, seed: int, variant: str) -> str:
     return osp.join(work_dir, f'seed{seed}', f'{variant}.json')
 
@@ -521,26 +497,26 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
     # mmengine logs every parameter group it builds and DK every kernel it maps: keep warnings only
     MMLogger.get_instance('deform_viz.probe', log_level='WARNING')
     work_dir = osp.abspath(work_dir)
-    check_work_dir(work_dir, settings.run_key())
+    check_recorded(work_dir, settings.run_key(), runs='probe runs')
     make_synthetic_coco(data_root, **settings.dataset_args())
     backbone, preprocessor, description = feature_backbone(settings)
     cache_dir = cache_dir or default_cache_dir()
     train, val = (load_split(data_root, split, backbone, preprocessor, description, cache_dir, log=log)
                   for split in SPLITS)
     # the same settings can mean other data or weights (a new dataset version, another pretraining)
-    check_work_dir(work_dir, {split.name: split.feature_key for split in (train, val)}, 'features')
+    check_recorded(work_dir, {split.name: split.feature_key for split in (train, val)}, 'features', runs='probe runs')
     in_channels = train.features.shape[1]
     runs = {}
     for seed in settings.seeds:
         state = None
         for variant in settings.variants:
             path = run_path(work_dir, seed, variant)
-            run = _read_json(path)
+            run = read_json(path)
             if run is None:
                 state = state or reference_state(settings, seed, in_channels)
                 first_losses = {v: r['first_loss'] for (s, v), r in runs.items() if s == seed}
                 run = _run_one(variant, seed, state, settings, train, val, first_losses, in_channels)
-                _write_json(path, run)
+                write_json(path, run)
                 log(f'probe: seed {seed} {variant:18s} AP {run["metrics"]["bbox_mAP"]:.3f}  '
                     f'mean best IoU {run["metrics"]["bbox_mean_best_iou"]:.3f}  '
                     f'({run["train"]["seconds"]:.0f} s)')
@@ -548,7 +524,7 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
     report = probe_report(runs, settings)
     report.update(command=command, work_dir=work_dir, data_root=osp.abspath(data_root), features=description,
                   wall_seconds=time.perf_counter() - start)
-    _write_json(osp.join(work_dir, 'probe.json'), report)
+    write_json(osp.join(work_dir, 'probe.json'), report)
     plot_probe(report, osp.join(work_dir, 'probe.png'))
     return report
 
