@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
@@ -52,26 +52,19 @@ SUMMARY_FILE = 'summary.json'
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Everything that decides the weights: crops, schedule, seed (the cache key is made of these).
-
-    Args:
-        crop_size: side of the square crops, pixels.
-        num_train: training crops, each seen once (steps = ceil(num_train / batch_size)).
-        num_val: held-out crops for the accuracy.
-        batch_size: crops per step.
-        lr: peak learning rate of AdamW with a one-cycle schedule (15 % warm-up, cosine decay).
-        weight_decay: AdamW's decoupled weight decay.
-        class_texture_prob: probability that a shape is filled with its class's texture family.
-        seed: seed of the crops and of the initial weights.
-    """
-    crop_size: int = 48
-    num_train: int = 40000
-    num_val: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    class_texture_prob: float = 0.8
-    seed: int = 0
+    """Everything that decides the weights: crops, schedule, seed. The cache key is made of these;
+    each field's ``help`` says what it is."""
+    crop_size: int = field(default=48, metadata=dict(help='side of the square crops, pixels'))
+    num_train: int = field(default=40000, metadata=dict(
+        help='training crops, each seen once (steps = ceil(num_train / batch_size))'))
+    num_val: int = field(default=2000, metadata=dict(help='held-out crops for the accuracy'))
+    batch_size: int = field(default=64, metadata=dict(help='crops per step'))
+    lr: float = field(default=4e-3, metadata=dict(
+        help='peak learning rate of AdamW, one-cycle schedule (15 %% warm-up, cosine decay)'))
+    weight_decay: float = field(default=0.05, metadata=dict(help="AdamW's decoupled weight decay"))
+    class_texture_prob: float = field(default=0.8, metadata=dict(
+        help="probability that a shape is filled with its class's texture family"))
+    seed: int = field(default=0, metadata=dict(help='seed of the crops and of the initial weights'))
 
     def __post_init__(self):
         for name, minimum in (('crop_size', 32), ('num_train', 1), ('num_val', 1), ('batch_size', 1), ('seed', 0)):
@@ -95,6 +88,12 @@ PRESETS: Dict[str, PretrainSettings] = {
 }
 
 
+def build_backbone() -> nn.Module:
+    """:data:`BACKBONE` built by mmdet's registry (initial weights not yet set)."""
+    from mmdet.registry import MODELS
+    return MODELS.build(dict(BACKBONE))
+
+
 class ShapeClassifier(nn.Module):
     """mmdet's ResNet (:data:`BACKBONE`), global average pooling and a linear layer.
 
@@ -103,8 +102,7 @@ class ShapeClassifier(nn.Module):
 
     def __init__(self, num_classes: int = len(CROP_CLASSES)):
         super().__init__()
-        from mmdet.registry import MODELS
-        self.backbone = MODELS.build(dict(BACKBONE))
+        self.backbone = build_backbone()
         self.head = nn.Linear(self.backbone.feat_dim, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -170,7 +168,7 @@ def load_backbone_checkpoint(path: Union[str, os.PathLike], settings: PretrainSe
     if meta.get('format_version') != FORMAT_VERSION or meta.get('settings') != asdict(settings):
         raise RuntimeError(f'{path} was made with other settings (format {meta.get("format_version")}, '
                            f'{meta.get("settings")}), not {asdict(settings)}; {remake}')
-    expected = {name: tuple(value.shape) for name, value in _build_backbone().state_dict().items()}
+    expected = {name: tuple(value.shape) for name, value in build_backbone().state_dict().items()}
     found = {name: tuple(value.shape) for name, value in checkpoint['state_dict'].items()}
     if found != expected:
         differing = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
@@ -241,9 +239,6 @@ def evaluate_accuracy(model: ShapeClassifier, settings: PretrainSettings) -> flo
     return correct / settings.num_val
 
 
-def _build_backbone() -> nn.Module:
-    from mmdet.registry import MODELS
-    return MODELS.build(dict(BACKBONE))
 
 
 def _train(settings: PretrainSettings, log: Callable[[str], None]):

@@ -15,8 +15,10 @@ from .textures import random_background
 
 CROP_CLASSES: Tuple[str, ...] = DETECTION_CLASSES + EXTRA_CLASSES
 CROP_SPLITS = ('train', 'val')
-CROP_GENERATOR_VERSION = 1  # bump whenever the same arguments would render different crops
-OBJECT_SIZE_FRACTIONS = (0.2, 0.5)  # sqrt(area) of the shape relative to the crop side, log-uniform
+CROP_GENERATOR_VERSION = 2  # bump whenever the same arguments would render different crops
+# sqrt(area) of the shape relative to the crop side, log-uniform. Large shapes learn faster: 9600 crops
+# of 48 px reached 50 % held-out accuracy with 0.4-0.75 (lr 4e-3), 14 % with 0.2-0.5 (lr 2e-3).
+OBJECT_SIZE_FRACTIONS = (0.4, 0.75)
 MAX_ASPECT = 3.0
 MARGIN = 1  # pixels between the shape's box and the crop border
 
