@@ -16,6 +16,18 @@ cache=${DEFORM_VIZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deform-viz}
 python=${PYTHON:-$(command -v python3.11 || command -v python3)}
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
+# Headless Chromium for the offset browser's tests (tests/visualization/test_browser.py), checked
+# on every run since it lives outside the venv. Without it those tests skip, or fail under CI=true.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing Debian's chromium and chromium-driver for the browser tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null; } || log 'apt-get could not install chromium: browser tests will skip'
+    else
+        log 'chromium or chromedriver missing (installing them needs root and apt-get): browser tests will skip'
+    fi
+fi
+
 # Everything the stamp depends on: if none of it changed, there is nothing to do.
 stamp_key=$( { echo "$torch_req ${DEFORM_VIZ_TORCH_INDEX:-}"; cat setup.cfg pyproject.toml tools/bootstrap.sh; } | sha256sum | cut -c1-16)
 stamp="$venv/.deform-viz-$stamp_key"
