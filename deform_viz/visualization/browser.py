@@ -27,13 +27,13 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..analysis import AnalysisSettings, CocoGroundTruth, analyze_offsets, format_markdown
 from ..analysis.annotations import BACKGROUND, IGNORED, size_class
@@ -44,12 +44,13 @@ from ..ops.offset_fields import rigid_grid
 from .figures import _arrow_scale, _subsample
 from .image import ImageNotFoundError, image_file
 
-__all__ = ['BrowserPage', 'write_offset_browser', 'layer_view', 'image_view', 'quantised', 'dequantised',
-           'markdown_to_html']
+__all__ = ['BrowserPage', 'write_offset_browser', 'layer_view', 'image_view', 'image_path', 'quantised',
+           'dequantised', 'markdown_to_html']
 
 TEMPLATE = 'browser_template.html'
 DATA_MARKER = '<!-- deform-viz data -->'
-QUANT_LEVELS = 65535
+EXIF_ORIENTATION = 0x0112
+QUANT_LEVELS = 65535   # 16-bit steps over each array's range
 #: defaults of the page's sampling: pickable locations and arrows per side, stacked levels
 POINTS_PER_SIDE = 12
 ARROWS_PER_SIDE = 32
@@ -106,25 +107,31 @@ def _png_data_uri(indices: np.ndarray, palette: Sequence[Sequence[int]]) -> str:
     return 'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _image_data_uri(meta: dict, img_root: Optional[str]) -> str:
-    """The dumped image file as a data URI, checked against the dump's ``ori_shape``."""
-    try:
-        path = image_file(meta, img_root)
-    except ImageNotFoundError as e:
-        raise ImageNotFoundError(f'{e}; the page embeds the images, so it needs them') from None
+def image_path(meta: dict, img_root: Optional[str]) -> str:
+    """The dumped image's file, checked: it exists and has the dump's ``ori_shape``."""
+    if not meta.get('img_path'):
+        raise ImageNotFoundError(f'dump of image {meta.get("img_id")} records no img_path; the page embeds '
+                                 f'the images, so it needs them')
+    path = image_file(meta, img_root)
     if not os.path.isfile(path):
         where = f'in img_root {img_root!r} (--img-root)' if img_root else \
             'at the dumped img_path; point img_root= (--img-root) to the folder holding the images'
         raise ImageNotFoundError(f'image file {path!r} of dumped image {meta.get("img_id")} is not there: '
                                  f'looked {where}')
     with Image.open(path) as im:
-        fmt = im.format
-        size = ImageOps.exif_transpose(im).size if im.getexif().get(0x0112, 1) != 1 else im.size
+        size = im.size
+        if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):   # rotated by 90 degrees when shown,
+            size = size[::-1]                                        # by mmcv's reader and by browsers
     ori = meta.get('ori_shape')
     if ori and (size[1], size[0]) != (int(ori[0]), int(ori[1])):
         raise ValueError(f'image file {path!r} is {size[1]}x{size[0]} (h x w) but the dump was made on a '
                          f'{int(ori[0])}x{int(ori[1])} image: not the same picture (check img_root / --img-root)')
-    mime = Image.MIME.get(fmt, 'application/octet-stream')
+    return path
+
+
+def _image_data_uri(path: str) -> str:
+    with Image.open(path) as im:
+        mime = Image.MIME.get(im.format, 'application/octet-stream')
     return f'data:{mime};base64,' + base64.b64encode(Path(path).read_bytes()).decode()
 
 
@@ -236,7 +243,7 @@ def image_view(dump, names: Sequence[str], img_root: Optional[str], levels: int,
                                  f'were the dumps made by different models?')
     view = {'id': dump.img_id, 'file': os.path.basename(dump.meta.get('img_path') or ''),
             'height': int(dump.meta['ori_shape'][0]), 'width': int(dump.meta['ori_shape'][1]),
-            'image': _image_data_uri(dump.meta, img_root), 'layers': {}}
+            'image': _image_data_uri(image_path(dump.meta, img_root)), 'layers': {}}
     if ground_truth is not None:
         ground_truth.check_images([dump.meta])
         view['objects'] = objects_view(ground_truth, dump.meta, thresholds)
@@ -299,6 +306,22 @@ def _template() -> str:
     return text
 
 
+def _layer_entry(layer: LayerOffsets) -> dict:
+    """What the layer selector and the caption show of a layer."""
+    g = layer.geometry
+    return {'name': layer.name, 'variant': layer.info.get('variant') or layer.info.get('type', ''),
+            'input_stride': list(g.input_stride), 'output_stride': list(g.output_stride),
+            'kernel_size': list(layer.kernel_size), 'component': layer.component, 'groups': layer.num_groups}
+
+
+def _index_entry(view: dict) -> dict:
+    """What the image list shows of an image (its block is parsed only when it is selected)."""
+    objects = view.get('objects')
+    return {'id': view['id'], 'file': view['file'], 'width': view['width'], 'height': view['height'],
+            'objects': None if objects is None else len(objects['boxes']),
+            'numbers': {name: layer['numbers'] for name, layer in view['layers'].items()}}
+
+
 def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Optional[str] = None,
                          max_images: Optional[int] = 20, layers=None, levels: int = LEVELS,
                          points_per_side: int = POINTS_PER_SIDE, arrows_per_side: int = ARROWS_PER_SIDE,
@@ -310,79 +333,65 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
         ann_file: COCO annotations of the dumped images: boxes and masks on the page, and the
             analysis tables and figures of :func:`~deform_viz.analysis.analyze_offsets`.
         img_root: folder holding the images when they are not at the dumped ``img_path``.
-        max_images: the first N dumps in image-id order (None: all; each costs about 1 MB at
-            COCO size, see the README).
+        max_images: the first N dumps in image-id order (None: all).
         layers: layer patterns (:func:`~deform_viz.dump.match_layer_names`); None: every layer
             with data offsets.
         levels: the page offers sampling points composed through 1..``levels`` stacked layers;
             each level multiplies a location's points by K*K.
-        points_per_side / arrows_per_side: pickable locations / d_f arrows and circles at most
+        points_per_side / arrows_per_side: pickable locations / d_f arrows and circles, at most
             this many per side of each layer's grid.
         div_threshold: the negative-divergence mask is where div(d_f) < this.
         source: 'used' or 'predicted' offsets of d_f-/d_k-only layers.
         settings: of the analysis (its ``div_threshold`` is replaced by ``div_threshold``).
 
-    Bad input fails before any work (no dump, layer, annotation or image of the first dump); the
-    page is streamed one image at a time and published atomically.
+    Bad input fails before any work (no dumps, a layer, annotation or image problem of the first
+    dump); later images are checked as they come. Nothing is written unless the whole page is.
     """
-    for name, value, low in (('levels', levels, 1), ('points_per_side', points_per_side, 1),
-                             ('arrows_per_side', arrows_per_side, 1), ('max_images', max_images or 1, 1)):
-        if value < low:
-            raise ValueError(f'{name} must be at least {low}, got {value}')
+    checks = {'levels': levels, 'points_per_side': points_per_side, 'arrows_per_side': arrows_per_side,
+              'max_images': 1 if max_images is None else max_images}
+    for name, value in checks.items():
+        if value < 1:
+            raise ValueError(f'{name} must be at least 1, got {value}')
     if levels > MAX_LEVELS:
-        raise ValueError(f'levels must be at most {MAX_LEVELS}: a location has (K*K)^levels points')
+        raise ValueError(f'levels must be at most {MAX_LEVELS}, got {levels}: a location has (K*K)^levels points')
     files = dump_files(dump, max_images=max_images)
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f'the folder of the page, {str(out.parent)!r}, does not exist')
-    settings = AnalysisSettings(**dict(settings.as_dict() if settings else {}, div_threshold=div_threshold))
+    settings = replace(settings or AnalysisSettings(), div_threshold=div_threshold)
     ground_truth = CocoGroundTruth(ann_file) if ann_file else None
     first = load_offset_dump(files[0])
-    names = [lo.name for lo in layer_offsets(first, layers, source=source, skip_without_offsets=layers is None)]
+    chosen = layer_offsets(first, layers, source=source, skip_without_offsets=layers is None)
+    names = [layer.name for layer in chosen]
     if ground_truth is not None:
         ground_truth.check_images([first.meta])
-    _image_data_uri(first.meta, img_root)   # a missing image fails before any work
-    template = _template()
-    head, tail = template.split(DATA_MARKER)
-    sizes: Dict[str, list] = {'ids': [], 'image': [], 'data': []}
+    image_path(first.meta, img_root)
+    head, tail = _template().split(DATA_MARKER)
+    written = BrowserPage(out, 0, [], [], [])
 
     def write(f):
         f.write(head)
         index = []
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(files, desc='page', unit='image', file=sys.stderr)
+            paths = tqdm(files, desc='page', unit='image', file=sys.stderr)
         else:
-            iterator = files
-        for i, path in enumerate(iterator):
-            loaded = first if i == 0 else load_offset_dump(path)
-            view = image_view(loaded, names, img_root, levels, points_per_side, arrows_per_side, div_threshold,
-                              source, ground_truth, settings.size_thresholds)
+            paths = files
+        for i, path in enumerate(paths):
+            view = image_view(first if i == 0 else load_offset_dump(path), names, img_root, levels, points_per_side,
+                              arrows_per_side, div_threshold, source, ground_truth, settings.size_thresholds)
             block = _json(view)
             f.write(f'<script type="application/json" class="image-data" id="image-{i}">{block}</script>\n')
-            sizes['ids'].append(view['id'])
-            sizes['image'].append(len(view['image']))
-            sizes['data'].append(len(block) - len(view['image']))
-            index.append({'id': view['id'], 'file': view['file'], 'width': view['width'],
-                          'height': view['height'], 'objects': len(view.get('objects', {}).get('boxes', []))
-                          if ground_truth else None,
-                          'numbers': {n: v['numbers'] for n, v in view['layers'].items()}})
-        layer_info = []
-        for name in names:
-            lo = LayerOffsets.from_dump(first, name, source)
-            layer_info.append({'name': name, 'variant': lo.info.get('variant') or lo.info.get('type', ''),
-                               'input_stride': list(lo.geometry.input_stride),
-                               'output_stride': list(lo.geometry.output_stride),
-                               'kernel_size': list(lo.kernel_size), 'component': lo.component,
-                               'groups': lo.num_groups})
-        page = {'dump': os.path.abspath(dump), 'layers': layer_info, 'images': index, 'levels': levels,
-                'annotations': os.path.abspath(ann_file) if ann_file else None,
-                'quantisation': QUANT_LEVELS}
+            written.image_ids.append(view['id'])
+            written.image_bytes.append(len(view['image']))
+            written.data_bytes.append(len(block) - len(view['image']))
+            index.append(_index_entry(view))
+        page = {'dump': os.path.abspath(dump), 'annotations': ann_file and os.path.abspath(ann_file),
+                'layers': [_layer_entry(layer) for layer in chosen], 'images': index, 'levels': levels}
         if ground_truth is not None:
             page['analysis'] = analysis_view(dump, ann_file, names, max_images, settings, source)
         f.write(f'<script type="application/json" id="page-data">{_json(page)}</script>\n')
         f.write(tail)
 
-    size = write_atomically(out, write, text=True)
-    return BrowserPage(out, size, sizes['ids'], sizes['image'], sizes['data'])
-
+    written.size = write_atomically(out, write, text=True)
+    return written
