@@ -82,10 +82,11 @@ class Browser:
         element = self.call('POST', '/element', {'using': 'css selector', 'value': css})[ELEMENT]
         self.call('POST', f'/element/{element}/click', {})
 
-    def click_at(self, x: float, y: float) -> None:
-        """A real pointer click at viewport pixel (x, y)."""
-        pointer = [{'type': 'pointerMove', 'duration': 0, 'origin': 'viewport', 'x': round(x), 'y': round(y)},
-                   {'type': 'pointerDown', 'button': 0}, {'type': 'pointerUp', 'button': 0}]
+    def click_at(self, x: float, y: float, click: bool = True) -> None:
+        """A real pointer moved to viewport pixel (x, y) and clicked there (or only moved)."""
+        pointer = [{'type': 'pointerMove', 'duration': 0, 'origin': 'viewport', 'x': round(x), 'y': round(y)}]
+        if click:
+            pointer += [{'type': 'pointerDown', 'button': 0}, {'type': 'pointerUp', 'button': 0}]
         self.call('POST', '/actions', {'actions': [{'type': 'pointer', 'id': 'mouse',
                                                     'parameters': {'pointerType': 'mouse'}, 'actions': pointer}]})
         self.call('DELETE', '/actions')
@@ -128,12 +129,16 @@ def page_data(path) -> dict:
             re.findall(r'<script type="application/json" class="image-data" id="image-(\d+)">(.*?)</script>', text)}
 
 
-def click_location(browser, x: float, y: float) -> None:
-    """Click the page's image at original-image pixel (x, y)."""
+def click_location(browser, x: float, y: float, click: bool = True) -> None:
+    """Click (or hover) the page's image at original-image pixel (x, y)."""
     client = browser.run('const svg = document.getElementById("stage"), p = svg.createSVGPoint();'
                          'p.x = arguments[0]; p.y = arguments[1];'
                          'const q = p.matrixTransform(svg.getScreenCTM()); return [q.x, q.y];', x, y)
-    browser.click_at(*client)
+    browser.click_at(*client, click=click)
+
+
+def location_text(browser) -> str:
+    return browser.run('return document.getElementById("location").textContent')
 
 
 def drawn_points(browser) -> dict:
@@ -277,8 +282,19 @@ def test_tool(synthetic, tmp_path, capsys):
 def test_synthetic_page_in_browser(browser, synthetic, tmp_path):
     dumps, ann = synthetic
     page = write_offset_browser(dumps, tmp_path / 'page.html', ann_file=ann, levels=2, points_per_side=4).path
-    check_sampling_in_browser(browser, page, dumps / '3.npz', LAYERS[1], levels=2)
+    row, col = check_sampling_in_browser(browser, page, dumps / '3.npz', LAYERS[1], levels=2)
     assert browser.run('return document.querySelectorAll("#sampling circle.point").length') == 9 + 81
+    assert location_text(browser).startswith(f'pinned · cell ({row}, {col})')
+
+    # a click on the pinned location releases it; then the pointer shows what it hovers
+    geometry = LayerOffsets.from_dump(load_offset_dump(dumps / '3.npz'), LAYERS[1]).geometry
+    y, x = geometry.grid_to_image(row, col)
+    click_location(browser, float(x), float(y))
+    assert location_text(browser).startswith(f'hover · cell ({row}, {col})')
+    corner = page_data(page)[0]['layers'][LAYERS[1]]['picks']['cells'][0]
+    y, x = geometry.grid_to_image(*corner)
+    click_location(browser, float(x), float(y), click=False)
+    assert location_text(browser).startswith(f'hover · cell ({corner[0]}, {corner[1]})') and corner != [row, col]
 
     # overlays: one circle per embedded location, the boxes of the image, the analysis tables
     browser.click('#show-circles')
