@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .datasets.crops import CROP_CLASSES, CROP_GENERATOR_VERSION, render_crops
+from .fileio import write_atomically
 
 #: The backbone of configs/synthetic/faster-rcnn_r50-w16_fpn_synthetic.py, as a classifier sees it
 #: (only the last stage's output; ``out_indices`` does not change the parameters).
@@ -215,8 +216,8 @@ def pretrain_backbone(settings: PretrainSettings = PRESETS['default'],
                 classes=CROP_CLASSES, crop_generator_version=CROP_GENERATOR_VERSION, val_accuracy=accuracy,
                 train_seconds=train_seconds, torch=str(torch.__version__), command=preset_command(settings))
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda tmp: torch.save({'state_dict': model.backbone.state_dict(), 'meta': meta}, tmp))
-    _write_atomically(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    write_atomically(path, lambda file: torch.save({'state_dict': model.backbone.state_dict(), 'meta': meta}, file))
+    write_atomically(summary_path, lambda file: file.write(json.dumps(summary, indent=1)), text=True)
     return {**summary, 'checkpoint': str(path), 'reused': False}
 
 
@@ -279,15 +280,6 @@ def _train(settings: PretrainSettings, log: Callable[[str], None]):
             log(f'step {step + 1}/{steps}  loss {loss_mean:.3f}  train accuracy {accuracy:.3f}  '
                 f'{(first + len(labels)) / elapsed:.0f} crops/s')
     return model, time.perf_counter() - start_time
-
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 register_checkpoint_scheme()

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..fileio import write_atomically
 from .render import paint_shape
 from .shapes import DETECTION_CLASSES, polygon_area, sample_shape_polygon
 from .textures import random_background
@@ -204,8 +205,8 @@ def _generate(root: Path, args: GenerationArgs) -> Dict[str, dict]:
     datasets = {split: _generate_split(root, split, args) for split in SPLITS}
     (root / 'annotations').mkdir(parents=True, exist_ok=True)
     for split, coco in datasets.items():
-        _write_atomically(annotation_file(root, split),
-                          lambda tmp, coco=coco: tmp.write_text(json.dumps(coco, separators=(',', ':'))))
+        write_atomically(annotation_file(root, split),
+                         lambda file, coco=coco: file.write(json.dumps(coco, separators=(',', ':'))), text=True)
     return datasets
 
 
@@ -218,8 +219,8 @@ def _generate_split(root: Path, split: str, args: GenerationArgs) -> dict:
         rng = np.random.default_rng([args.seed, SPLITS.index(split), image_id])
         pixels, objects = render_image(rng, args)
         file_name = f'{image_id:06d}.png'
-        _write_atomically(image_dir / file_name,
-                          lambda tmp: Image.fromarray(pixels).save(tmp, format='PNG', compress_level=1))
+        write_atomically(image_dir / file_name,
+                         lambda file: Image.fromarray(pixels).save(file, format='PNG', compress_level=1))
         images.append({'id': image_id, 'file_name': file_name, 'height': height, 'width': width})
         for class_index, polygon in objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, class_index, polygon))
@@ -253,15 +254,6 @@ def _remove_stale_images(image_dir: Path, keep: set) -> None:
     for path in image_dir.iterdir():
         if IMAGE_NAME.match(path.name) and path.name not in keep:
             path.unlink()
-
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def render_image(rng: np.random.Generator, args: GenerationArgs) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
