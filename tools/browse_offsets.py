@@ -11,7 +11,9 @@ fetches nothing. Per image and layer: d_f arrows with the negative-divergence ma
 circles, per-tap offset fields; hover or click a location for where its taps sample the image,
 composed through up to ``--levels`` stacked deformable layers. With ``--ann``: ground-truth boxes
 and masks, and the tables and figures of ``tools/analyze_offsets.py`` for the same images.
-Each COCO-size image adds about 1 MB (see the README); ``--max-images`` bounds the page.
+Size: at COCO size (800x1333 input, R-50 DCN c3-c5: 13 layers) an image adds 0.73 MB of data with the
+defaults (0.33 MB with ``--levels 1``, 4.0 MB with ``--levels 3``) plus its image file; ``--max-images``
+bounds the page. The page parses an image's data only when it is shown.
 """
 import argparse
 import os

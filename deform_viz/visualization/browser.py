@@ -8,7 +8,8 @@ it never recomputes geometry. Per image and layer it embeds, all in original-ima
 
 * d_f arrows at subsampled cells (Fig. 2) and the negative-divergence mask painted at image
   resolution by :meth:`FeatureGeometry.to_image_resolution` (a 1-bit PNG);
-* d_k extent circles (Fig. 3): centre, radius / rigid radius, and the drawn radius of a rigid kernel;
+* d_k extent circles (Fig. 3) at the arrows' cells: radius / rigid radius, and the drawn radius of
+  a rigid kernel;
 * per-tap offset fields (Fig. 1's content, on the image): each tap's offset at subsampled cells;
 * pickable locations (a subsampled grid): their rigid taps and their sampling positions composed
   through 1..``levels`` stacked deformable layers (the DCN paper's Fig. 5/6);
@@ -36,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ..analysis import AnalysisSettings, CocoGroundTruth, analyze_offsets, format_markdown
-from ..analysis.annotations import BACKGROUND, IGNORED, size_class
+from ..analysis.annotations import IGNORED, SIZE_CLASSES, size_class
 from ..analysis.fields import LayerOffsets, dump_files, feeding_layers, layer_offsets, stacked_sampling_positions
 from ..dump import LayerNotFoundError, load_offset_dump
 from ..fileio import write_atomically
@@ -57,7 +58,7 @@ ARROWS_PER_SIDE = 32
 TAP_ARROWS_PER_SIDE = 16
 LEVELS = 2
 MAX_LEVELS = 4   # (K*K)^4 = 6561 points per location for 3x3 kernels: beyond that a page explodes
-RIGID_FRACTION = 0.3   # a rigid kernel's circle: this fraction of the circle spacing (as Fig. 3)
+RIGID_FRACTION = 0.3   # a rigid kernel's circle: this fraction of the circle spacing (Fig. 3's default)
 
 
 @dataclass
@@ -188,8 +189,7 @@ def layer_view(layer: LayerOffsets, below: Sequence[LayerOffsets], points_per_si
                    'uv': quantised(_xy(d_f[0], d_f[1]).reshape(-1, 2)), 'scale': arrow_scale, 'key': arrow_key},
         'negative': {'png': _png_data_uri(painted, [(0, 0, 0), (217, 0, 0)]), 'cells': int(negative.sum()),
                      'total': int(negative.size), 'threshold': div_threshold},
-        'circles': {'xy': quantised(_xy(ys[rows][:, cols], xs[rows][:, cols]).reshape(-1, 2)),
-                    'ratio': quantised(ratio[rows][:, cols].ravel()), 'rigid_radius': rigid,
+        'circles': {'ratio': quantised(ratio[rows][:, cols].ravel()), 'rigid_radius': rigid,   # at arrows.xy
                     'base': RIGID_FRACTION * spacing_of(step)},
         'taps': {'xy': quantised(_xy(ys[t_rows][:, t_cols], xs[t_rows][:, t_cols]).reshape(-1, 2)),
                  'uv': quantised(_xy(tap_dy, tap_dx).reshape(len(taps), -1, 2)), 'scale': tap_scale,
@@ -222,13 +222,11 @@ def objects_view(ground_truth: CocoGroundTruth, meta: dict, thresholds) -> dict:
     h, w = objects.height, objects.width
     yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing='ij')
     owner = objects.assign(yy, xx, use_masks=True)
-    indices = np.where(owner >= 0, 2 + owner % len(OBJECT_COLOURS), 0)
+    indices = np.where(owner >= 0, 2 + owner % len(OBJECT_COLOURS), 0)   # 0: background, transparent
     indices[owner == IGNORED] = 1
-    indices[owner == BACKGROUND] = 0
     classes = size_class(objects.sqrt_areas, thresholds)
-    names = ('small', 'medium', 'large')
     return {'boxes': objects.boxes.tolist(), 'sqrt_area': objects.sqrt_areas.tolist(),
-            'size': [names[k] for k in classes], 'crowd': objects.crowd_boxes.tolist(),
+            'size': [SIZE_CLASSES[k] for k in classes],
             'colours': [OBJECT_COLOURS[i % len(OBJECT_COLOURS)] for i in range(objects.num_objects)],
             'png': _png_data_uri(indices, [(0, 0, 0), (128, 128, 128)] + OBJECT_COLOURS)}
 
