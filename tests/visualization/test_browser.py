@@ -10,9 +10,11 @@ import base64
 import json
 import os
 import re
+import runpy
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +23,10 @@ import numpy as np
 import pytest
 
 from analysis.synthetic_dumps import scaled_kernel_field, write_coco, write_dump, write_image
-from conftest import import_tool
+from conftest import REPO, import_tool
 from deform_viz.analysis import OffsetInputError
 from deform_viz.analysis.fields import LayerOffsets, feeding_layers, stacked_sampling_positions
-from deform_viz.dump import load_offset_dump
+from deform_viz.dump import OffsetDumpError, load_offset_dump
 from deform_viz.visualization import ImageNotFoundError
 from deform_viz.visualization.browser import dequantised, markdown_to_html, quantised, write_offset_browser
 
@@ -224,7 +226,8 @@ def test_page_embeds_the_python_geometry(synthetic, tmp_path):
     dumps, ann = synthetic
     page = write_offset_browser(dumps, tmp_path / 'page.html', ann_file=ann, levels=2, points_per_side=4)
     assert page.image_ids == [3, 7] and page.size == os.path.getsize(tmp_path / 'page.html')
-    assert 'http://' not in open(tmp_path / 'page.html').read().replace('http://www.w3.org/2000/svg', '')
+    text = open(tmp_path / 'page.html').read()
+    assert 'https://' not in text and 'http://' not in text.replace('http://www.w3.org/2000/svg', '')
     data = page_data(tmp_path / 'page.html')
     dump = load_offset_dump(dumps / '7.npz')
     top = LayerOffsets.from_dump(dump, LAYERS[1])
@@ -239,7 +242,6 @@ def test_page_embeds_the_python_geometry(synthetic, tmp_path):
     np.testing.assert_allclose(view['numbers']['radius'], (top.radius_image / top.rigid_radius_image).mean())
     assert data[1]['objects']['boxes'] == [[30.0, 10.0, 50.0, 40.0], [2.0, 2.0, 12.0, 12.0]]
     assert data[1]['objects']['size'] == ['small', 'small']
-    text = open(tmp_path / 'page.html').read()
     assert 'Effective dilation by region (2 images)' in text and text.count('data:image/png;base64,') >= 3 * 2 + 3
 
 
@@ -265,7 +267,22 @@ def test_bad_input_fails_before_writing(synthetic, tmp_path):
         write_offset_browser(dumps, out, ann_file=other, img_root=str(moved))
     with pytest.raises(FileNotFoundError, match='folder of the page'):
         write_offset_browser(dumps, tmp_path / 'no' / 'page.html', img_root=str(moved))
+    (tmp_path / 'foreign').mkdir()
+    (tmp_path / 'foreign' / '1.npz').write_bytes(b'not a zip')
+    with pytest.raises(OffsetDumpError, match=r'1\.npz: not an offset dump'):
+        write_offset_browser(tmp_path / 'foreign', out, img_root=str(moved))
     assert not out.exists() and not list(tmp_path.glob('.page.html.*'))
+
+
+def test_tool_names_the_missing_images(synthetic, tmp_path, monkeypatch):
+    dumps, _ = synthetic
+    shutil.rmtree(tmp_path / 'images')
+    monkeypatch.setattr(sys, 'argv', ['browse_offsets.py', str(dumps)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(REPO, 'tools', 'browse_offsets.py'), run_name='__main__')
+    message = str(exit_info.value.code)
+    assert message.startswith('browse_offsets.py: error: image file') and '--img-root' in message
+    assert not (tmp_path / 'dumps.html').exists()
 
 
 def test_tool(synthetic, tmp_path, capsys):
