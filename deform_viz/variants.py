@@ -22,7 +22,7 @@ Variant keys, in the grammar of the config names (``r50-dconv-df-c3-c5`` is ``'d
 Names written by earlier versions (``component='df'``, layer variants ``'dcn_df'``, ``'dk_local'``)
 are read through :func:`component_name` and :func:`variant_name`.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 COMPONENTS = ('full', 'd_f', 'd_k')
 _LEGACY_COMPONENTS = {'df': 'd_f', 'dk': 'd_k'}

@@ -213,7 +213,7 @@ def measure_analysis(work_dir: str, num_images: int, image_size, workers: int) -
         reports[n] = analyze_offsets(dump_dir, ann_file, workers=n)
         seconds[n] = time.perf_counter() - start
     same = len({json.dumps(r, sort_keys=True) for r in reports.values()}) == 1
-    print(f'  whole analysis (start-up, measuring, tests): ' + ', '.join(
+    print('  whole analysis (start-up, measuring, tests): ' + ', '.join(
         f'{n} worker{"s" if n > 1 else ""} {t:.1f} s' for n, t in seconds.items())
         + f'; reports identical: {"yes" if same else "NO"}')
 

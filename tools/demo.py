@@ -38,6 +38,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def fmt(value) -> str:
+    return 'n/a' if value is None else f'{value:.3f}'
+
+
 def step(title: str) -> None:
     print(f'\n=== {title} ===', flush=True)
 
@@ -92,7 +96,6 @@ def main(argv=None) -> dict:
     print(f"checkpoint   {result['checkpoint']}\noffset dumps {dump_dir}\nfigures      {figure_dir} "
           f"({len(figures)} files)\nanalysis     {result['offset_report']}\nsummary      "
           f"{osp.join(work_dir, 'summary.json')}")
-    fmt = (lambda v: 'n/a' if v is None else f'{v:.3f}')
     print(f"\nseed {args.seed}; on the synthetic val set: bbox AP {fmt(numbers['bbox_mAP'])}, "
           f"AP75 {fmt(numbers['bbox_mAP_75'])}, mean best IoU {fmt(numbers['bbox_mean_best_iou'])}")
     print(f"in {numbers['layer']} ({numbers['num_images']} images):")

@@ -8,9 +8,10 @@ Trains each row (a config in configs/synthetic/) once per seed, all rows of a se
 initial weights on the same data order, refuses seeds whose rows' first losses differ, evaluates AP,
 AP75 and mean best IoU, re-evaluates each full DCN with d_f / d_k only, and prints per-row values
 and paired differences to the baseline with 90 % t-intervals, the verdicts on the paper's three
-claims by the rules of docs/results/PLAN.md (2 and 3 from the full DCN's offsets), and the wall time. Writes mini_ablation.{json,md,png} to --out (default: the
-work dir). Finished runs are reused, so an interrupted ablation resumes; run it in stages with
---rows (e.g. `--rows baseline dcn` first).
+claims by the rules of docs/results/PLAN.md (2 and 3 from the full DCN's offsets), and the wall
+time. Writes mini_ablation.{json,md,png} to --out (default: the work dir). Finished runs are
+reused, so an interrupted ablation resumes; run it in stages with --rows (e.g. `--rows baseline
+dcn` first).
 """
 import argparse
 import shlex

@@ -23,7 +23,8 @@ def parse_args(argv=None):
                         help='settings to start from (default: default; tiny takes seconds, for tests)')
     for field in dataclasses.fields(PretrainSettings):
         parser.add_argument(f'--{field.name.replace("_", "-")}', type=field.type, metavar=field.name.upper(),
-                            help=f'{field.metadata["help"]} (default preset: {getattr(PRESETS["default"], field.name)})')
+                            help=f'{field.metadata["help"]} '
+                            f'(default preset: {getattr(PRESETS["default"], field.name)})')
     parser.add_argument('--cache-dir', help='cache root instead of $DEFORM_VIZ_CACHE or ~/.cache/deform-viz')
     parser.add_argument('--force', action='store_true', help='train even if a valid cached checkpoint exists')
     return parser.parse_args(argv)

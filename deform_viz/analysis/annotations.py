@@ -192,7 +192,8 @@ class CocoGroundTruth:
                                 f'the annotation file {info["height"]}x{info["width"]}')
             dumped, annotated = os.path.basename(m.get('img_path') or ''), os.path.basename(info.get('file_name', ''))
             if dumped and annotated and dumped != annotated:
-                problems.append(f'image {m["img_id"]}: the dump read {dumped!r}, the annotation file names {annotated!r}')
+                problems.append(f'image {m["img_id"]}: the dump read {dumped!r}, '
+                                f'the annotation file names {annotated!r}')
         if problems:
             raise OffsetInputError(f'the dumps do not match the images of {self.ann_file!r}:\n  '
                                    + '\n  '.join(problems[:10]) + ('\n  ...' if len(problems) > 10 else ''))

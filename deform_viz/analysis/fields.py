@@ -117,7 +117,8 @@ class LayerOffsets:
     def from_dump(cls, dump, layer: str, source: str = 'used') -> 'LayerOffsets':
         """The layer named ``layer`` of a loaded dump (``deform_viz.dump.OffsetDump``)."""
         if layer not in dump.layers:
-            raise LayerNotFoundError(f'{dump.path}: no layer {layer!r}; its layers are: {", ".join(dump.layers) or "(none)"}')
+            raise LayerNotFoundError(f'{dump.path}: no layer {layer!r}; '
+                                     f'its layers are: {", ".join(dump.layers) or "(none)"}')
         fields = dump.layers[layer]
         return cls(layer, fields.info, fields.arrays, dump.meta, source=source)
 

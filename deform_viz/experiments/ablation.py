@@ -58,7 +58,7 @@ class AblationSettings:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     rows: List[str] = field(default_factory=lambda: [r.variant for r in TRAINED_ROWS[:4]])
     iters: Optional[int] = None  # None: the configs' schedule
-    num_train: int = 1200
+    num_train: int = 2000
     num_val: int = 200
     image_size: int = 192
     data_root: str = 'data/synthetic'

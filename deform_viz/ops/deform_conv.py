@@ -103,16 +103,16 @@ def _split_groups(cols: Tensor, taps: int, groups: int) -> Tensor:
     """Columns ``(l, KK*C)`` -> ``(groups, l, KK*C/groups)`` (a copy unless groups == 1)."""
     if groups == 1:
         return cols.unsqueeze(0)
-    l = cols.shape[0]
-    return cols.view(l, taps, groups, -1).permute(2, 0, 1, 3).reshape(groups, l, -1)
+    locations = cols.shape[0]
+    return cols.view(locations, taps, groups, -1).permute(2, 0, 1, 3).reshape(groups, locations, -1)
 
 
 def _merge_groups(cols_g: Tensor, taps: int) -> Tensor:
     """Inverse of :func:`_split_groups`: ``(groups, l, KK*C/groups)`` -> ``(l, KK*C)``."""
-    groups, l = cols_g.shape[:2]
+    groups, locations = cols_g.shape[:2]
     if groups == 1:
         return cols_g[0]
-    return cols_g.view(groups, l, taps, -1).permute(1, 2, 0, 3).reshape(l, -1)
+    return cols_g.view(groups, locations, taps, -1).permute(1, 2, 0, 3).reshape(locations, -1)
 
 
 def _chunks(locations: int, per_location: int):

@@ -17,7 +17,8 @@ def analyze():
 def test_tool_prints_tables_and_writes_json(analyze, tmp_path, capsys):
     dk, df = object_fields()
     for img_id in (5, 6):   # two identical images: counts double, statistics stay
-        write_dump(tmp_path / 'dumps', img_id, {'backbone.layer2.0.conv2': ({}, dk), 'backbone.layer3.0.conv2': ({}, df)},
+        write_dump(tmp_path / 'dumps', img_id,
+                   {'backbone.layer2.0.conv2': ({}, dk), 'backbone.layer3.0.conv2': ({}, df)},
                    ori_shape=ORI, img_path=f'{img_id}.png')
     anns = [dict(image_id=i, bbox=list(b[0])) for i in (5, 6) for b in BOXES.values()]
     anns += [dict(image_id=i, bbox=list(CROWD), iscrowd=1) for i in (5, 6)]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from ops.helpers import AUTOCAST, AUTOCAST_RTOL, LAYOUTS, needs_cuda, relative_error, relayout
 
-from deform_viz.ops import deformable_kernel_global, deformable_kernel_local, resample_kernel
+from deform_viz.ops import deformable_kernel_global, deformable_kernel_local
 
 DT = torch.float64
 GRIDS = ['centred', 'spread']

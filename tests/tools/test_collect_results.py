@@ -205,7 +205,8 @@ def test_evaluation_data_names_the_papers_coco_and_the_rest():
     assert results.evaluation_data(wrapped, 'test') == 'COCO test-dev2017'
     synthetic = cfg('val', 'annotations/instances_val.json', metainfo=dict(classes=SYNTHETIC_CLASSES))
     assert results.evaluation_data(synthetic, 'train') == 'synthetic shapes'
-    assert results.evaluation_data(cfg('val', 'ann/voc.json', data_root='data/voc/'), 'train') == 'data/voc/ann/voc.json'
+    voc = cfg('val', 'ann/voc.json', data_root='data/voc/')
+    assert results.evaluation_data(voc, 'train') == 'data/voc/ann/voc.json'
     assert results.evaluation_data(cfg('val', 'annotations/instances_val2017.json'), 'test') == 'unknown'
 
 

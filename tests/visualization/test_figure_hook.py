@@ -73,7 +73,8 @@ def test_hook_interval_missing_image_and_bad_options(runner, tmp_path, caplog):
     run_val(hook, runner, [sample(7, str(tmp_path / 'gone.png'))])          # 1st run: drawn, blank canvas
     runner.epoch = 4
     run_val(hook, runner, [sample(7, str(tmp_path / 'gone.png'))])          # 2nd run: skipped
-    assert sorted(os.listdir(tmp_path / 'vis' / 'vis_data' / 'vis_image')) == ['offsets_dk_extent_img7_backbone.1_3.png']
+    images = sorted(os.listdir(tmp_path / 'vis' / 'vis_data' / 'vis_image'))
+    assert images == ['offsets_dk_extent_img7_backbone.1_3.png']
     assert not runner.model.backbone[1]._forward_hooks
 
     strict = HOOKS.build(dict(type='OffsetFigureHook', blank_if_missing=False))
