@@ -84,7 +84,8 @@ class ProbeSettings:
     or a checkpoint path or URL. The schedule is FCOS's (SGD, momentum 0.9, weight decay 1e-4,
     gradient clipping at 35) with linear warm-up over the first tenth and steps at 3/4 and 11/12;
     ``offset_lr_mult`` multiplies the learning rate of the offset predictors, as the CPU configs do.
-    The defaults fit the 30-minute budget on 2 cores (measured steps: tools/probe_offsets.py).
+    The defaults were sized from single-thread step times for the 30-minute budget on 2 cores; the
+    wall time of a default run is what its JSON records.
     """
     seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
     variants: Tuple[str, ...] = tuple(VARIANT_CONVS)
