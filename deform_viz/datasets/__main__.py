@@ -3,7 +3,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .synthetic_coco import SIZE_NAMES, make_synthetic_coco
+from ..analysis.annotations import SIZE_CLASSES
+from .synthetic_coco import make_synthetic_coco
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -34,10 +35,10 @@ def format_summary(summary: dict) -> str:
     action = 'reused complete dataset' if summary['reused'] else f'generated in {summary["seconds"]:.1f} s'
     lines = [f'synthetic shapes dataset in {summary["out_dir"]} ({action})',
              f'classes: {", ".join(summary["classes"])}',
-             f'{"split":<6}{"images":>8}{"objects":>9}' + ''.join(f'{name:>8}' for name in SIZE_NAMES)
+             f'{"split":<6}{"images":>8}{"objects":>9}' + ''.join(f'{name:>8}' for name in SIZE_CLASSES)
              + '  annotation file']
     for split, stats in summary['splits'].items():
-        sizes = ''.join(f'{stats["per_size"][name]:>8}' for name in SIZE_NAMES)
+        sizes = ''.join(f'{stats["per_size"][name]:>8}' for name in SIZE_CLASSES)
         lines.append(f'{split:<6}{stats["images"]:>8}{stats["objects"]:>9}{sizes}  {stats["ann_file"]}')
     return '\n'.join(lines)
 

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import write_atomically
+from ..analysis.annotations import SIZE_CLASSES, size_class
 from .render import paint_shape
 from .shapes import DETECTION_CLASSES, polygon_area, sample_shape_polygon
 from .textures import random_background
@@ -44,9 +45,6 @@ SPLITS = ('train', 'val')
 GENERATOR_VERSION = 2  # bump whenever the same arguments would produce different files
 
 MIN_IMAGE_SIDE = 32
-# COCO's area ranges: small < 32**2 <= medium < 96**2 <= large, here as sqrt(area) limits.
-COCO_SIZE_LIMITS = (32.0, 96.0)
-SIZE_NAMES = ('small', 'medium', 'large')
 BORDER_MARGIN = 1  # pixels between any box and the image border
 OBJECT_GAP = 2  # pixels between the boxes of two objects
 SHAPE_TRIES = 8
@@ -340,10 +338,10 @@ def _free_corners(table: np.ndarray, foot_h: int, foot_w: int) -> np.ndarray:
 def _summarize_split(root: Path, split: str, coco: dict) -> dict:
     classes = {category['id']: category['name'] for category in coco['categories']}
     per_class = dict.fromkeys(classes.values(), 0)
-    per_size = dict.fromkeys(SIZE_NAMES, 0)
+    per_size = dict.fromkeys(SIZE_CLASSES, 0)
     for annotation in coco['annotations']:
         per_class[classes[annotation['category_id']]] += 1
-        per_size[SIZE_NAMES[int(np.searchsorted(COCO_SIZE_LIMITS, np.sqrt(annotation['area']), 'right'))]] += 1
+        per_size[SIZE_CLASSES[int(size_class(np.sqrt(annotation['area'])))]] += 1
     return {
         'ann_file': str(annotation_file(root, split)),
         'img_dir': str(root / split),
