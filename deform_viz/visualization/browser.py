@@ -42,7 +42,7 @@ from ..analysis.fields import LayerOffsets, dump_files, feeding_layers, layer_of
 from ..dump import LayerNotFoundError, load_offset_dump
 from ..fileio import write_atomically
 from ..ops.offset_fields import rigid_grid
-from .figures import _arrow_scale, _subsample
+from .figures import RIGID_FRACTION, fit_arrow_scale, subsample_grid
 from .image import ImageNotFoundError, image_file
 
 __all__ = ['BrowserPage', 'write_offset_browser', 'layer_view', 'image_view', 'image_path', 'quantised',
@@ -58,7 +58,6 @@ ARROWS_PER_SIDE = 32
 TAP_ARROWS_PER_SIDE = 16
 LEVELS = 2
 MAX_LEVELS = 4   # (K*K)^4 = 6561 points per location for 3x3 kernels: beyond that a page explodes
-RIGID_FRACTION = 0.3   # a rigid kernel's circle: this fraction of the circle spacing (Fig. 3's default)
 
 
 @dataclass
@@ -155,9 +154,9 @@ def layer_view(layer: LayerOffsets, below: Sequence[LayerOffsets], points_per_si
     spacing_of = lambda step: step * min(geom.cell_size_on_image)   # noqa: E731
 
     # d_f arrows and the negative-divergence mask (Fig. 2)
-    rows, cols, step = _subsample(layer.grid_shape, arrows_per_side)
+    rows, cols, step = subsample_grid(layer.grid_shape, arrows_per_side)
     d_f = layer.d_f_image.mean(0)[:, rows][:, :, cols]                   # (2, h', w') dy, dx
-    arrow_scale, arrow_key = _arrow_scale(np.hypot(d_f[0], d_f[1]).ravel(), spacing_of(step))
+    df_scale, df_key = fit_arrow_scale(np.hypot(d_f[0], d_f[1]).ravel(), spacing_of(step))
     negative = layer.divergence.mean(0) < div_threshold
     painted = geom.to_image_resolution(negative, fill=False)
 
@@ -167,13 +166,13 @@ def layer_view(layer: LayerOffsets, below: Sequence[LayerOffsets], points_per_si
     ratio = radius / rigid if rigid > 0 else np.ones_like(radius)
 
     # per-tap offset fields (Fig. 1's arrows, on the image)
-    t_rows, t_cols, t_step = _subsample(layer.grid_shape, TAP_ARROWS_PER_SIDE)
+    t_rows, t_cols, t_step = subsample_grid(layer.grid_shape, TAP_ARROWS_PER_SIDE)
     taps = layer.fields.mean(0)[:, :, t_rows][:, :, :, t_cols]           # (K*K, 2, h', w') input px
     tap_dy, tap_dx = geom.vectors_to_image(taps[:, 0], taps[:, 1])
-    tap_scale, tap_key = _arrow_scale(np.hypot(tap_dy, tap_dx).ravel(), spacing_of(t_step))
+    tap_scale, tap_key = fit_arrow_scale(np.hypot(tap_dy, tap_dx).ravel(), spacing_of(t_step))
 
     # pickable locations: rigid taps and the sampling points through the stack
-    p_rows, p_cols, _ = _subsample(layer.grid_shape, points_per_side)
+    p_rows, p_cols, _ = subsample_grid(layer.grid_shape, points_per_side)
     cells = [(int(r), int(c)) for r in p_rows for c in p_cols]
     grid = rigid_grid(layer.kernel_size, layer.dilation).double().numpy()   # (K*K, 2) input px
     rigid_taps, levels = [], [[] for _ in range(len(below) + 1)]
@@ -186,7 +185,7 @@ def layer_view(layer: LayerOffsets, below: Sequence[LayerOffsets], points_per_si
 
     return {
         'arrows': {'xy': quantised(_xy(ys[rows][:, cols], xs[rows][:, cols]).reshape(-1, 2)),
-                   'uv': quantised(_xy(d_f[0], d_f[1]).reshape(-1, 2)), 'scale': arrow_scale, 'key': arrow_key},
+                   'uv': quantised(_xy(d_f[0], d_f[1]).reshape(-1, 2)), 'scale': df_scale, 'key': df_key},
         'negative': {'png': _png_data_uri(painted, [(0, 0, 0), (217, 0, 0)]), 'cells': int(negative.sum()),
                      'total': int(negative.size), 'threshold': div_threshold},
         'circles': {'ratio': quantised(ratio[rows][:, cols].ravel()), 'rigid_radius': rigid,   # at arrows.xy

@@ -26,6 +26,8 @@ from ..ops.offset_fields import rigid_grid
 
 PAPER_WIDTH = 6.5   # inches
 DEFAULT_DPI = 150
+#: Fig. 3: a rigid kernel's circle has this fraction of the circle spacing as its radius
+RIGID_FRACTION = 0.3
 STYLE = {
     'font.size': 8, 'axes.titlesize': 8, 'axes.labelsize': 8, 'xtick.labelsize': 7,
     'ytick.labelsize': 7, 'legend.fontsize': 7, 'figure.titlesize': 9,
@@ -80,7 +82,7 @@ def _by_group(array: np.ndarray, group: Optional[int], num_groups: int) -> np.nd
     return array[group]
 
 
-def _subsample(shape, max_per_side: int):
+def subsample_grid(shape, max_per_side: int):
     """Regularly spaced (rows, cols) index vectors with at most ``max_per_side`` per axis."""
     h, w = shape
     step = max(1, math.ceil(max(h, w) / max(1, max_per_side)))
@@ -96,7 +98,7 @@ def _nice(value: float) -> float:
     return (1 if base < 1.5 else 2 if base < 3.5 else 5 if base < 7.5 else 10) * 10 ** exp
 
 
-def _arrow_scale(lengths: np.ndarray, spacing: float) -> Tuple[float, float]:
+def fit_arrow_scale(lengths: np.ndarray, spacing: float) -> Tuple[float, float]:
     """quiver ``scale`` (vector units per data unit) so the 95th percentile arrow spans ~0.9
     of the arrow spacing, and a round reference length for the key."""
     nonzero = lengths[lengths > 0]
@@ -165,11 +167,11 @@ def plot_kernel_point_fields(layer: LayerOffsets, group: Optional[int] = None, m
     h, w = layer.grid_shape
     taps = _by_group(layer.fields, group, layer.num_groups)           # (K*K, 2, H, W), input px
     cy, cx = layer.geometry.conv_stride
-    rows, cols, step = _subsample((h, w), max_per_side)
+    rows, cols, step = subsample_grid((h, w), max_per_side)
     sub = taps[:, :, rows][:, :, :, cols]                               # (K*K, 2, h', w')
     u, v = sub[:, 1] / cx, sub[:, 0] / cy                               # grid units
     lengths_in = np.hypot(sub[:, 0], sub[:, 1])
-    scale, _ = _arrow_scale(np.hypot(u, v).ravel(), step)
+    scale, _ = fit_arrow_scale(np.hypot(u, v).ravel(), step)
     moving = lengths_in[lengths_in > 0]
     key = _nice(float(np.percentile(moving, 95)) if moving.size else 1.0)   # input px
     norm = colors.Normalize(0, max(float(lengths_in.max()), 1e-6))
@@ -246,13 +248,13 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
     ih, iw = geom.ori_shape
     ax.imshow(overlay, extent=(0, iw, ih, 0), interpolation='nearest')
 
-    rows, cols, step = _subsample(layer.grid_shape, max_per_side)
+    rows, cols, step = subsample_grid(layer.grid_shape, max_per_side)
     ys, xs = layer.cell_centres_image
     vec = _by_group(layer.d_f_image, group, layer.num_groups)[:, rows][:, :, cols]   # (2, h', w') image px
     lengths = np.hypot(vec[0], vec[1])
     spacing = step * min(geom.cell_size_on_image)
     if arrow_scale is None:
-        scale, key = _arrow_scale(lengths.ravel(), spacing)
+        scale, key = fit_arrow_scale(lengths.ravel(), spacing)
     else:
         scale, key = float(arrow_scale), _nice(float(np.percentile(lengths, 95)) if lengths.size else 1.0)
     norm = colors.Normalize(0, max(float(lengths.max()), 1e-6))
@@ -274,7 +276,7 @@ def plot_df_divergence(layer: LayerOffsets, image: Optional[np.ndarray] = None, 
 # ---------------------------------------------------------------------- Fig. 3
 @matplotlib.rc_context(STYLE)
 def plot_dk_extent(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=None,
-                   group: Optional[int] = None, max_per_side: int = 32, rigid_fraction: float = 0.3,
+                   group: Optional[int] = None, max_per_side: int = 32, rigid_fraction: float = RIGID_FRACTION,
                    width: float = PAPER_WIDTH, dpi: float = DEFAULT_DPI, cmap: str = 'coolwarm') -> Figure:
     """Fig. 3: one circle per (subsampled) location, radius ∝ sqrt(width × height) of its kernel.
 
@@ -287,7 +289,7 @@ def plot_dk_extent(layer: LayerOffsets, image: Optional[np.ndarray] = None, ax=N
     fig, ax = _image_axes(layer, ax, width, dpi)
     _draw_image(ax, layer, image)
     geom = layer.geometry
-    rows, cols, step = _subsample(layer.grid_shape, max_per_side)
+    rows, cols, step = subsample_grid(layer.grid_shape, max_per_side)
     ys, xs = layer.cell_centres_image
     radius = _by_group(layer.radius_image, group, layer.num_groups)
     rigid = layer.rigid_radius_image
