@@ -31,7 +31,7 @@ model = dict(
             # then go 36 / 30 / 26 / 9 % to P2 / P3 / P4 / P5 (with 56: 93 / 7 / 0 / 0).
             finest_scale=13.44),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)),
-    # at most 6 objects per 256-px image: fewer proposals and RoIs than COCO's defaults suffice
+    # at most 6 objects per image: fewer proposals and RoIs than COCO's defaults suffice
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=500), rcnn=dict(sampler=dict(num=256))),
     test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=500)))
 

@@ -18,6 +18,7 @@ from mmengine.runner import find_latest_checkpoint
 from ..analysis import analyze_offsets, headline
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
+from ..pretraining import PRESETS, pretrain_backbone, selected_preset
 from ..variants import LABELS, projected_variant
 from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
 from .paired import check_pairing
@@ -28,6 +29,7 @@ from .report import markdown_table, paired_report, plot_paired
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
 REFERENCE = 'baseline'
+COCO_FINEST_SCALE, COCO_SIDE = 56, 800  # mmdet's RoI-to-level scale, at COCO's image side
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, 
     """The config of ``row`` for ``seed``: synthetic data, the settings' schedule, paired start."""
     cfg = load_config(osp.join(CONFIG_DIR, row.config), work_dir=run_dir)
     use_synthetic_data(cfg, data_root, (settings.image_size, settings.image_size))
+    # RoIs go to the FPN level they would reach at the same fraction of an 800-px COCO image
+    cfg.model.roi_head.bbox_roi_extractor.finest_scale = COCO_FINEST_SCALE * settings.image_size / COCO_SIDE
     cfg.randomness = dict(seed=seed)
     if settings.iters is not None:
         set_schedule(cfg, settings.iters)
@@ -178,6 +182,7 @@ class Ablation:
     def run(self) -> dict:
         start = time.time()
         s = self.settings
+        pretrain_backbone(PRESETS[selected_preset()], log=self.log)  # the configs' backbone; reused when cached
         data = self.make_data()
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
         values = {m: {} for m in METRICS}

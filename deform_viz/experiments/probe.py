@@ -47,6 +47,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 from ..datasets import SYNTHETIC_CLASSES, make_synthetic_coco
+from ..pretraining import PRESETS, pretrain_backbone, selected_preset
 from ..fileio import write_atomically
 from ..variants import LABELS
 from .ablation import CONFIG_DIR, METRIC_NAMES, METRICS, REFERENCE, ROWS
@@ -500,6 +501,8 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
     work_dir = osp.abspath(work_dir)
     check_recorded(work_dir, settings.run_key(), runs='probe runs')
     make_synthetic_coco(data_root, **settings.dataset_args())
+    if settings.backbone_weights == 'config':
+        pretrain_backbone(PRESETS[selected_preset()], log=log)  # reused when cached
     backbone, preprocessor, description = feature_backbone(settings)
     cache_dir = cache_dir or default_cache_dir()
     train, val = (load_split(data_root, split, backbone, preprocessor, description, cache_dir, log=log)
