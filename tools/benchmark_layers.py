@@ -1,26 +1,10 @@
 """Cost of the deformable conv variants at the 3x3 conv of ResNet-50 stages c3-c5, CPU or CUDA.
 
-Every layer is built from a config dict by ``mmcv.cnn.build_conv_layer`` (the path mmdet's
-ResNet takes), its offset predictors get small random weights (so samples land between
-pixels, as after training), and one forward + backward (input, weight and offset gradients)
-is timed. Rows are variant keys of :mod:`deform_viz.variants` with the implementation beside
-them: ``nn.Conv2d``, ``mmcv`` (mmcv's compiled DCN op), ``deform_viz`` (this package's PyTorch
-ops) or ``naive`` (local DK building one kernel per output location). All cases are timed
-round-robin within one process and reported as the median over ``--repeat`` rounds divided by
-the medians of ``nn.Conv2d`` and of mmcv's DCN from the same rounds, so a busy machine slows
-every row alike. On CUDA each pass is timed with CUDA events after a synchronize.
-
-Peak memory. CUDA: ``torch.cuda.max_memory_allocated`` during forward + backward minus the
-memory allocated before it. CPU: each case runs once more in a fresh subprocess with glibc told to
-mmap every allocation above 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the
-resident set at once; after a warm-up pass the peak-RSS counter is reset
-(``/proc/self/clear_refs``), and the number is peak RSS during forward + backward minus RSS
-before it. Either way: everything the pass allocates (outputs, saved tensors, gradients,
-library workspaces), input and parameters excluded.
-
-``--detector`` instead times a whole Faster R-CNN R-50-FPN train step (forward, losses,
-backward, SGD step) on a synthetic 800x1333 batch, with each variant in c3-c5, against the
-plain model; all models are built first and stepped round-robin, like the layers.
+One forward + backward of each layer (built by ``mmcv.cnn.build_conv_layer``, offset predictors
+with small random weights), cases round-robin in one process: the median over ``--repeat`` rounds
+as ratios to ``nn.Conv2d`` and to mmcv's DCN from the same rounds, and the peak memory of the pass
+(CPU: in a fresh subprocess). ``--detector`` instead times a whole Faster R-CNN R-50-FPN train step
+with each variant in c3-c5. How each is measured: :mod:`deform_viz.benchmarks.layers`.
 
     python tools/benchmark_layers.py --repeat 5
     python tools/benchmark_layers.py --device cuda --repeat 20
@@ -29,43 +13,12 @@ plain model; all models are built first and stepped round-robin, like the layers
     python tools/benchmark_layers.py --detector --variants dcn dcn-df --repeat 2
 """
 import argparse
-import copy
-import json
-import logging
-import os
-import re
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
-from torch import nn
 
-# (variant key, implementation) -> conv layer config for build_conv_layer
-CASES = {
-    ('baseline', 'nn.Conv2d'): dict(type='Conv2d'),
-    ('dcn', 'mmcv'): dict(type='DCN', deform_groups=1),
-    ('dcnv2', 'mmcv'): dict(type='DCNv2', deform_groups=1),
-    ('dcn', 'deform_viz'): dict(type='DecomposedDCN', backend='torch'),
-    ('dcn-df', 'deform_viz'): dict(type='DFOnlyDCN', backend='torch'),
-    ('dcn-dk', 'deform_viz'): dict(type='DKOnlyDCN', backend='torch'),
-    ('dcnv2', 'deform_viz'): dict(type='DecomposedDCN', modulated=True, backend='torch'),
-    ('dcnv2-df', 'deform_viz'): dict(type='DFOnlyDCN', modulated=True, backend='torch'),
-    ('dcnv2-dk', 'deform_viz'): dict(type='DKOnlyDCN', modulated=True, backend='torch'),
-    ('dkernel-local-s3', 'deform_viz'): dict(type='DeformableKernel', mode='local', scope=3),
-    ('dkernel-local-s4', 'deform_viz'): dict(type='DeformableKernel', mode='local', scope=4),
-    ('dkernel-global-s4', 'deform_viz'): dict(type='DeformableKernel', mode='global', scope=4),
-    ('dcn-dkernel-local-s4', 'deform_viz'): dict(type='DeformableKernel', mode='local', scope=4,
-                                                 deform_data=True),
-    # materialises one kernel per output location; only where that fits in --naive-limit-gb
-    ('dkernel-local-s4', 'naive'): dict(type='DeformableKernel', mode='local', scope=4),
-}
-CONV, MMCV_DCN = ('baseline', 'nn.Conv2d'), ('dcn', 'mmcv')  # the references every ratio divides by
-VARIANTS = list(dict.fromkeys(variant for variant, _ in CASES))
-IMPLEMENTATIONS = list(dict.fromkeys(impl for _, impl in CASES))
-# ResNet-50 stage -> (channels of the bottleneck 3x3, stride of its feature map)
-STAGES = {'c3': (128, 8), 'c4': (256, 16), 'c5': (512, 32)}
+from deform_viz.benchmarks.layers import (IMPLEMENTATIONS, STAGES, VARIANTS, benchmark_detector, benchmark_layers,
+                                          detector_table, layer_table, select_cases)
 
 
 def parse_args(argv=None):
@@ -88,262 +41,29 @@ def parse_args(argv=None):
                         help='largest per-location kernel tensor the naive reference may build')
     parser.add_argument('--detector', action='store_true',
                         help='time a whole Faster R-CNN R-50-FPN train step per variant instead')
-    parser.add_argument('--memory-case', nargs=3, metavar=('VARIANT', 'IMPLEMENTATION', 'STAGE'),
-                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: torch sees no CUDA GPU')
-    chosen = [case for case in CASES if case[0] in args.variants and case[1] in args.implementations]
-    args.cases = list(dict.fromkeys([CONV, MMCV_DCN] + chosen))
+    args.cases = select_cases(args.variants, args.implementations)
     return args
-
-
-def stage_shape(stage, args):
-    """(N, C, H, W) of the 3x3 conv input at ``stage`` for the (32-padded) image."""
-    channels, stride = STAGES[stage]
-    h, w = (-(-size // 32) * 32 for size in args.image)
-    return args.batch, channels, h // stride, w // stride
-
-
-class NaiveLocalDK(nn.Module):
-    """Local DK that builds every output location's kernel: ``(L, O, C, K, K)`` floats."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        from deform_viz.ops import resample_kernel
-        dk = self.layer
-        kernel_offset = dk.conv_offset(x)  # (N, 2*K*K, Ho, Wo)
-        n, _, ho, wo = kernel_offset.shape
-        kernels = resample_kernel(dk.weight, kernel_offset.permute(0, 2, 3, 1).reshape(n * ho * wo, -1),
-                                  dk.kernel_size, dk.grid)  # (N*L, O, C, K, K)
-        cols = nn.functional.unfold(x, dk.kernel_size, dk.dilation, dk.padding, dk.stride)  # (N, C*K*K, L)
-        out = torch.einsum('nlok,nkl->nol', kernels.reshape(n, ho * wo, kernels.shape[1], -1), cols)
-        return out.view(n, -1, ho, wo)
-
-
-def naive_bytes(shape):
-    n, c, h, w = shape
-    return n * h * w * c * c * 9 * 4 * 3  # kernels, their gradient and the einsum's copy
-
-
-def build_layer(case, channels, device):
-    from mmcv.cnn import build_conv_layer
-    layer = build_conv_layer(dict(CASES[case]), channels, channels, kernel_size=3, stride=1,
-                             padding=1, dilation=1, bias=False)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # offsets of a trained model: a fraction of a pixel to a few pixels
-        for pname, p in layer.named_parameters():
-            if 'offset' in pname:
-                fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / fan_in ** 0.5 if p.dim() > 1 else 0.5))
-    layer = NaiveLocalDK(layer) if case[1] == 'naive' else layer
-    return layer.to(device)
-
-
-def fwd_bwd(layer, x):
-    for p in layer.parameters():
-        p.grad = None
-    x.grad = None
-    out = layer(x)
-    out.backward(torch.ones_like(out))
-
-
-def timed_fwd_bwd(layer, x):
-    """Seconds of one forward + backward (CUDA: between events, after a synchronize)."""
-    if x.is_cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fwd_bwd(layer, x)
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    start = time.perf_counter()
-    fwd_bwd(layer, x)
-    return time.perf_counter() - start
-
-
-def stage_input(shape, device):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
-
-
-def proc_status(*keys):
-    text = open('/proc/self/status').read()
-    return [int(re.search(rf'{key}:\s+(\d+) kB', text).group(1)) * 1024 for key in keys]
-
-
-def memory_case(args):
-    """CPU child process: print the peak extra resident bytes of one forward + backward."""
-    import deform_viz  # noqa: F401  registers the layers
-    variant, implementation, stage = args.memory_case
-    shape = stage_shape(stage, args)
-    layer = build_layer((variant, implementation), shape[1], 'cpu')
-    x = stage_input(shape, 'cpu')
-    fwd_bwd(layer, x)  # warm-up: library workspaces, thread pools
-    for p in layer.parameters():
-        p.grad = None
-    x.grad = None
-    before, = proc_status('VmRSS')
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # reset the peak-RSS counter
-    fwd_bwd(layer, x)
-    peak, = proc_status('VmHWM')
-    print(json.dumps({'peak_bytes': peak - before}))
-
-
-def measure_memory(case, stage, layer, x, args):
-    if x.is_cuda:
-        for p in list(layer.parameters()) + [x]:
-            p.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fwd_bwd(layer, x)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, os.path.abspath(__file__), '--memory-case', *case, stage,
-           '--batch', str(args.batch), '--image', *map(str, args.image), '--threads', str(args.threads)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])['peak_bytes']
-
-
-def benchmark_layers(args):
-    """{case: {stage: {'ms', 'x_conv', 'x_mmcv', 'peak'} or a reason it did not run}}."""
-    import deform_viz  # noqa: F401
-    rows = {case: {} for case in args.cases}
-    for stage in args.stages:
-        shape = stage_shape(stage, args)
-        x = stage_input(shape, args.device)
-        layers = {}
-        for case in args.cases:
-            if case[1] == 'naive' and naive_bytes(shape) > args.naive_limit_gb * 2 ** 30:
-                rows[case][stage] = f'needs {naive_bytes(shape) / 2 ** 30:.0f} GB'
-            else:
-                layers[case] = build_layer(case, shape[1], args.device)
-        times = {case: [] for case in layers}
-        for round_ in range(args.warmup + args.repeat):
-            for case, layer in layers.items():
-                seconds = timed_fwd_bwd(layer, x)
-                if round_ >= args.warmup:
-                    times[case].append(seconds)
-        medians = {case: statistics.median(t) for case, t in times.items()}
-        for case, t in medians.items():
-            rows[case][stage] = {'ms': 1e3 * t, 'x_conv': t / medians[CONV], 'x_mmcv': t / medians[MMCV_DCN]}
-            if args.memory:
-                rows[case][stage]['peak'] = measure_memory(case, stage, layers[case], x, args)
-        print(f'[{stage} {shape} done]', file=sys.stderr, flush=True)
-    return rows
-
-
-def layer_table(rows, args):
-    head = ['variant', 'implementation']
-    for stage in args.stages:
-        n, c, h, w = stage_shape(stage, args)
-        head += [f'{stage} ({c}ch {h}x{w}) x conv', f'{stage} x mmcv dcn', f'{stage} ms']
-        if args.memory:
-            head.append(f'{stage} peak MiB (x mmcv dcn)')
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for (variant, implementation), cells in rows.items():
-        line = [f'`{variant}`', implementation]
-        for stage in args.stages:
-            cell = cells.get(stage)
-            if not isinstance(cell, dict):
-                line += [cell or '-', '-', '-'] + (['-'] if args.memory else [])
-                continue
-            line += [f'{cell["x_conv"]:.2f}', f'{cell["x_mmcv"]:.2f}', f'{cell["ms"]:.1f}']
-            if args.memory:
-                ref = rows[MMCV_DCN][stage].get('peak')
-                peak = cell.get('peak')
-                if peak is None:
-                    line.append('failed')
-                else:
-                    line.append(f'{peak / 2 ** 20:.0f}' + (f' ({peak / ref:.2f})' if ref else ''))
-        lines.append('| ' + ' | '.join(line) + ' |')
-    return '\n'.join(lines)
-
-
-def benchmark_detector(args):
-    """Median train-step time of Faster R-CNN R-50-FPN with each variant in c3-c5."""
-    import deform_viz  # noqa: F401
-    from mmdet.registry import MODELS
-    from mmdet.structures import DetDataSample
-    from mmdet.utils import register_all_modules
-    from mmengine.hub import get_config
-    from mmengine.logging import MMLogger
-    from mmengine.optim import OptimWrapper
-    from mmengine.structures import InstanceData
-    register_all_modules()
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-parameter init report
-    base = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
-    base.backbone.init_cfg = None
-    h, w = args.image
-    gen = torch.Generator().manual_seed(0)
-    samples = []
-    for _ in range(args.batch):
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                                             scale_factor=(1.0, 1.0), batch_input_shape=(h, w)))
-        xy = torch.rand(8, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
-        wh = torch.rand(8, 2, generator=gen) * 200 + 32
-        sample.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
-                                           labels=torch.randint(0, 80, (8,), generator=gen))
-        samples.append(sample)
-    data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-                        for _ in range(args.batch)], data_samples=samples)
-    rows, models = {}, {}
-    for case in args.cases:
-        cfg = copy.deepcopy(base)
-        if case[1] == 'naive':
-            rows[case] = 'skipped'
-            continue
-        if case != CONV:
-            cfg.backbone.dcn = dict(CASES[case], fallback_on_stride=False)
-            cfg.backbone.stage_with_dcn = (False, True, True, True)
-        model = MODELS.build(cfg).to(args.device)
-        model.init_weights()
-        model.train()
-        models[case] = (model, OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)))
-    times = {case: [] for case in models}
-    for round_ in range(args.warmup + args.repeat):  # round-robin, so load changes hit every row
-        for case, (model, optim) in models.items():
-            if args.device == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model.train_step(data, optim)
-            if args.device == 'cuda':
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            if round_ >= args.warmup:
-                times[case].append(seconds)
-            print(f'[round {round_} {case[0]} ({case[1]}): {seconds:.2f} s]', file=sys.stderr, flush=True)
-    rows.update({case: statistics.median(t) for case, t in times.items()})
-    lines = ['| variant in c3-c5 | implementation | train step s | x plain | x mmcv dcn |',
-             '|---|---|---|---|---|']
-    for (variant, implementation), t in rows.items():
-        cells = ([t, '-', '-'] if isinstance(t, str) else
-                 [f'{t:.2f}', f'{t / rows[CONV]:.2f}', f'{t / rows[MMCV_DCN]:.2f}'])
-        lines.append(f'| `{variant}` | {implementation} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.memory_case:
-        return memory_case(args)
     device = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {args.threads} threads'
     print(f'torch {torch.__version__}, {device}, batch {args.batch}, image '
           f'{args.image[0]}x{args.image[1]}, median of {args.repeat} rounds; '
           f'command: python tools/benchmark_layers.py {" ".join(sys.argv[1:] if argv is None else argv)}\n')
     if args.detector:
-        print(benchmark_detector(args))
+        rows = benchmark_detector(args.cases, device=args.device, image=args.image, batch=args.batch,
+                                  repeat=args.repeat, warmup=args.warmup)
+        print(detector_table(rows))
     else:
-        print(layer_table(benchmark_layers(args), args))
+        rows = benchmark_layers(args.cases, args.stages, device=args.device, image=args.image, batch=args.batch,
+                                repeat=args.repeat, warmup=args.warmup, memory=args.memory,
+                                naive_limit_gb=args.naive_limit_gb)
+        print(layer_table(rows, args.stages, args.image, args.batch, args.memory))
 
 
 if __name__ == '__main__':
