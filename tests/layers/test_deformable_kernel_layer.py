@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from mmengine.registry import MODELS
-from ops.helpers import LAYOUTS, relayout
+from ops.helpers import LAYOUTS, check_layouts_and_empty_batch
 from torch import nn
 
 from deform_viz.layers import DeformableKernel
@@ -153,13 +153,7 @@ def test_memory_layouts_and_batch_size_zero(mode, layout):
     layer = DeformableKernel(4, 6, 3, padding=1, scope=4, mode=mode, deform_data=True)
     for predictor in (layer.conv_offset, layer.conv_data_offset):
         nn.init.normal_(predictor.weight, std=0.1)
-    x = torch.randn(2, 4, 6, 7)
-    torch.testing.assert_close(layer(relayout(x, layout)), layer(x))
-    empty = torch.zeros(0, 4, 6, 7, requires_grad=True)
-    out = layer(empty)
-    assert out.shape == (0, 6, 6, 7)
-    grad, = torch.autograd.grad(out.sum(), empty)
-    assert grad.shape == (0, 4, 6, 7)
+    check_layouts_and_empty_batch(layer, 4, 6, layout)
 
 
 def test_init_weights_zeroes_the_predictors():

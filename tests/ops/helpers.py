@@ -38,3 +38,15 @@ def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 LAYOUTS = ['contiguous', 'non_contiguous', 'channels_last']
+
+
+def check_layouts_and_empty_batch(layer, in_channels: int, out_channels: int, layout: str) -> None:
+    """``layer`` on a (2, C, 6, 7) input gives the same output in ``layout`` as contiguous, and an
+    empty batch gives empty outputs and input gradients (3x3, padding 1: same spatial size)."""
+    x = torch.randn(2, in_channels, 6, 7)
+    torch.testing.assert_close(layer(relayout(x, layout)), layer(x))
+    empty = torch.zeros(0, in_channels, 6, 7, requires_grad=True)
+    out = layer(empty)
+    assert out.shape == (0, out_channels, 6, 7)
+    grad, = torch.autograd.grad(out.sum(), empty)
+    assert grad.shape == (0, in_channels, 6, 7)
