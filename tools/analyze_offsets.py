@@ -21,6 +21,7 @@ import sys
 
 from deform_viz.analysis import (COCO_SIZE_THRESHOLDS, AnalysisSettings, OffsetInputError, analyze_offsets,
                                  format_markdown)
+from deform_viz.fileio import write_atomically
 
 
 def parse_args(argv=None):
@@ -85,10 +86,7 @@ def main(argv=None) -> dict:
     print(format_markdown(report))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = f'{args.out}.tmp.{os.getpid()}'
-        with open(tmp, 'w') as f:
-            json.dump(report, f, indent=1, allow_nan=False)
-        os.replace(tmp, args.out)
+        write_atomically(args.out, lambda f: json.dump(report, f, indent=1, allow_nan=False), text=True)
         print(f'report written to {os.path.abspath(args.out)}')
     return report
 
