@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.fields import LayerOffsets, dump_files, feeding_layers, layer_offsets
 from ..dump import load_offset_dump
+from ..fileio import write_atomically
 from .figures import plot_df_divergence, plot_dk_extent, plot_kernel_point_fields, plot_sampling_locations
 from .image import load_image
 
@@ -121,9 +122,7 @@ def save_figure(fig: Figure, path: str, fmt: Optional[str] = None) -> str:
         raise ValueError(f'unsupported figure format {fmt!r}; choose from {FORMATS}')
     metadata = {'Software': None} if fmt == 'png' else {'CreationDate': None, 'Producer': None, 'Creator': None}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp.{os.getpid()}'
-    fig.savefig(tmp, format=fmt, dpi=fig.dpi, metadata=metadata)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=fig.dpi, metadata=metadata))
     return path
 
 
