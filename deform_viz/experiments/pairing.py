@@ -28,12 +28,16 @@ FIRST_LOSS_FILE = 'first_loss.json'
 OFFSET_PREDICTORS = ('conv_offset', 'conv_data_offset')
 
 
+def _build_model(cfg: Config) -> torch.nn.Module:
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return MODELS.build(cfg.model)
+
+
 def build_initialised_model(cfg: Config, seed: int) -> torch.nn.Module:
     """The model of ``cfg`` initialised as mmengine's runner would with ``seed`` (backbone
     ``init_cfg`` included)."""
     set_random_seed(seed)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(cfg.model)
+    model = _build_model(cfg)
     model.init_weights()
     return model
 
@@ -43,9 +47,11 @@ def write_paired_init(row_cfg: Config, reference_state: dict, path: str) -> str:
 
     Every tensor of the row's model comes from ``reference_state`` except the offset predictors,
     which keep their zero initialisation; anything else missing or left over is an error (the rows
-    would not be paired). Deformable Kernels map a K x K weight into their scope on load.
+    would not be paired). Deformable Kernels map a K x K weight into their scope on load. The row's
+    own ``init_weights`` is not run: every tensor it would set is overwritten, and this package's
+    offset predictors are zero from construction.
     """
-    model = build_initialised_model(row_cfg, seed=0)
+    model = _build_model(row_cfg)
     result = model.load_state_dict(reference_state, strict=False)
     unexpected = list(result.unexpected_keys)
     missing = [k for k in result.missing_keys
