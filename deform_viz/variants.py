@@ -17,6 +17,7 @@ Variant keys, in the grammar of the config names (``r50-dconv-df-c3-c5`` is ``'d
     'dkernel-local-s4'               Deformable Kernels, local, scope 4 ('dkernel-global-s4': global)
     'dcn-dkernel-local-s4'           DCN + Deformable Kernels (DK paper Eq. 11)
     'dcn@test-df', 'dcn@test-dk'     a trained full DCN evaluated with its offsets projected
+    'dcn-static'                     control: a DCN whose offset predictors learn only their biases
 
 "dk" alone never names Deformable Kernels: those are "dkernel".
 Names written by earlier versions (``component='df'``, layer variants ``'dcn_df'``, ``'dk_local'``)
@@ -47,6 +48,7 @@ LABELS = {
     'dkernel-global-s4': 'global DK, scope 4',
     'dkernel-local-s4': 'local DK, scope 4',
     'dcn-dkernel-local-s4': 'DCN + local DK, scope 4',
+    'dcn-static': 'DCN, static offsets (predictor weights frozen)',
     'dcn@test-df': 'DCN trained, d_f at test',
     'dcn@test-dk': 'DCN trained, d_k at test',
 }

@@ -24,7 +24,7 @@ from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_trac
 from .paired import check_pairing
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
 from .records import check_recorded, read_json, write_json
-from .report import markdown_table, paired_report, plot_paired
+from .report import headline_spread, markdown_table, paired_report, plot_paired, spread_table
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
@@ -45,6 +45,7 @@ TRAINED_ROWS: Tuple[Row, ...] = (
     Row('dcn-dk', 'faster-rcnn_r50-w16-dconv-dk-c3-c5_fpn_synthetic.py'),
     Row('dcn', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py'),
     Row('dkernel-local-s4', 'faster-rcnn_r50-w16-dkernel-local-s4-c3-c5_fpn_synthetic.py'),
+    Row('dcn-static', 'faster-rcnn_r50-w16-dconv-static-c3-c5_fpn_synthetic.py'),  # control, on request
 )
 ROWS = {row.variant: row for row in TRAINED_ROWS}
 PROJECTED_FROM = 'dcn'
@@ -52,6 +53,18 @@ PROJECTIONS = tuple((projected_variant(PROJECTED_FROM, c), c) for c in ('d_f', '
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou')
 METRIC_NAMES = {'bbox_mAP': 'AP', 'bbox_mAP_75': 'AP75', 'bbox_mean_best_iou': 'mean best IoU'}
+HEADLINE_NAMES = {  # the numbers tools/demo.py prints, as analysis.headline names them
+    'dk_size_rho': 'Spearman(sqrt box area, d_k radius at the box centre)',
+    'dk_size_p': 'its permutation p',
+    'inward_df': 'inward d_f per object (input px)',
+    'inward_df_fraction': 'share of objects with inward d_f',
+    'inward_df_p': 'sign-test p (inward)',
+    'inward_df_background': 'inward d_f, background control (input px)',
+    'effective_dilation_objects': 'effective dilation on objects (input px)',
+    'effective_dilation_background': 'effective dilation on background (input px)',
+    'layers_dk_grows_with_size': 'layers where d_k grows with size (Holm)',
+    'layers_inward_df': 'layers with inward d_f (Holm)',
+}
 
 
 @dataclass
@@ -186,9 +199,10 @@ class Ablation:
         data = self.make_data()
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
         values = {m: {} for m in METRICS}
-        pairing, offset_reports = {}, {}
+        pairing, offset_reports, trained_minutes = {}, {}, []
         for seed in s.seeds:
             results = [self.train_row(row, seed, data['out_dir']) for row in rows]
+            trained_minutes += [r['train_minutes'] for r in results]
             first = {r['variant']: r['first_loss'] for r in results}
             check_pairing(first)
             pairing[seed] = first
@@ -206,8 +220,11 @@ class Ablation:
         claims = {'d_k carries the gain': claim_dk_carries_the_gain(values['bbox_mAP']),
                   'd_f converges': claim_df_converges(offset_reports),
                   'd_k tracks size': claim_dk_tracks_size(offset_reports)}
+        headlines = {seed: headline(r) for seed, r in offset_reports.items()}
         return {'settings': asdict(s), 'rows': order, 'metrics': report, 'pairing': pairing,
-                'claims': claims, 'offset_headlines': {seed: headline(r) for seed, r in offset_reports.items()},
+                'claims': claims, 'offset_headlines': headlines,
+                'offset_headline_spread': headline_spread(headlines) if headlines else {},
+                'train_minutes': round(sum(trained_minutes), 1),
                 'minutes': round((time.time() - start) / 60, 1)}
 
 
@@ -220,8 +237,13 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
              'plot': osp.join(out_dir, 'mini_ablation.png')}
     write_json(paths['json'], result)
     table = markdown_table(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES)
+    if result.get('offset_headline_spread'):
+        layer = next(iter(result['offset_headlines'].values()))['layer']
+        table += (f'\n\nOffset statistics of the full DCN in {layer} (the demo\'s numbers), over seeds:\n\n'
+                  + spread_table(result['offset_headline_spread'], HEADLINE_NAMES))
+    claims = '\n'.join(f"- {claim}: **{verdict['verdict']}**" for claim, verdict in result['claims'].items())
     with open(paths['markdown'], 'w') as f:
-        f.write(table + '\n')
+        f.write(f'{table}\n\nClaims (rules of docs/results/PLAN.md):\n\n{claims}\n')
     s = result['settings']
     plot_paired(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES, paths['plot'],
                 f"Paired differences to the baseline, seeds {s['seeds']} (90% t-intervals); "

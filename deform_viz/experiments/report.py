@@ -85,3 +85,29 @@ def plot_paired(report: Mapping[str, dict], rows: Sequence[str], labels: Mapping
     fig.suptitle(title, fontsize=9)
     fig.savefig(path)
     return path
+
+
+def headline_spread(headlines: Mapping[int, dict]) -> Dict[str, dict]:
+    """``number -> {'mean', 'std', 'n', 'per_seed'}`` over the seeds' offset headlines
+    (:func:`deform_viz.analysis.headline`): the spread a single demo run's numbers have.
+    Non-numeric entries (the layer name) and missing values (``None``) are left out."""
+    spread = {}
+    for key in next(iter(headlines.values()), {}):
+        per_seed = {int(s): h.get(key) for s, h in sorted(headlines.items())}
+        numbers = {s: float(v) for s, v in per_seed.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if numbers:
+            spread[key] = {**summarize(list(numbers.values())), 'per_seed': numbers}
+    return spread
+
+
+def spread_table(spread: Mapping[str, dict], names: Mapping[str, str]) -> str:
+    """One line per number in ``names`` (key -> label): mean ± std over seeds and the per-seed values."""
+    lines = ['| number | mean ± std over seeds | per seed |', '|---|---|---|']
+    for key, label in names.items():
+        s = spread.get(key)
+        if s is None:
+            continue
+        per_seed = ', '.join(f'{seed}: {_fmt(v)}' for seed, v in s['per_seed'].items())
+        lines.append(f"| {label} | {_fmt(s['mean'])} ± {_fmt(s['std'])} | {per_seed} |")
+    return '\n'.join(lines)

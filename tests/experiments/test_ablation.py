@@ -3,6 +3,7 @@ import json
 import os.path as osp
 
 import pytest
+import torch
 
 from deform_viz.experiments import PairingError
 from deform_viz.experiments.ablation import ROWS, Ablation, AblationSettings, row_config, write_outputs
@@ -38,7 +39,11 @@ def test_paired_rows_projections_claims_and_resume(tmp_path):
     assert result['claims']['d_k tracks size']['per_seed'][0]['layers'] == 13
     paths = write_outputs(result, str(tmp_path / 'out'), 'python tools/mini_ablation.py --iters 2')
     assert json.load(open(paths['json']))['command'] == 'python tools/mini_ablation.py --iters 2'
-    assert open(paths['markdown']).read().count('\n') == 2 + len(result['rows'])
+    markdown = open(paths['markdown']).read()
+    assert markdown.split('\n\n')[0].count('\n') == 1 + len(result['rows'])  # head, rule, a line per row
+    assert '| layers with inward d_f (Holm) |' in markdown and '- d_k tracks size: **' in markdown
+    assert result['offset_headline_spread']['num_layers'] == {'mean': 13.0, 'std': result['offset_headline_spread'][
+        'num_layers']['std'], 'n': 1, 'per_seed': {0: 13.0}}
     assert open(paths['plot'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     # a second run reuses every finished run: the same numbers, nothing trained
     again = Ablation(s, log=lambda message: pytest.fail(f'trained again: {message}')).run()
@@ -70,3 +75,17 @@ def test_a_run_made_with_other_settings_is_refused(tmp_path):
     Ablation(settings(tmp_path, rows=['baseline'])).run()
     with pytest.raises(ValueError, match=r'other settings \(iters\)'):
         Ablation(settings(tmp_path, rows=['baseline'], iters=3)).run()
+
+
+@pytest.mark.slow
+def test_the_static_control_learns_only_the_offset_biases(tmp_path):
+    s = settings(tmp_path, rows=['baseline', 'dcn-static'])
+    result = Ablation(s).run()
+    assert result['rows'] == ['baseline', 'dcn-static']  # projections only come with the full DCN
+    record = json.load(open(osp.join(s.work_dir, 'dcn-static', 'seed0', 'result.json')))
+    state = torch.load(record['checkpoint'], map_location='cpu', weights_only=False)['state_dict']
+    weights = [v for k, v in state.items() if k.endswith('conv_offset.weight')]
+    biases = [v for k, v in state.items() if k.endswith('conv_offset.bias')]
+    assert len(weights) == len(biases) == 13  # every deformable layer of c3-c5
+    assert all(not w.any() for w in weights)  # still their zero initialisation
+    assert sum(bool(b.any()) for b in biases) == 13  # every bias has moved off zero

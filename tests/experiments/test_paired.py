@@ -3,6 +3,7 @@ import math
 import pytest
 
 from deform_viz.experiments import PairingError, check_pairing, paired_difference, summarize
+from deform_viz.experiments.report import headline_spread, spread_table
 
 
 def test_paired_difference_on_known_numbers():
@@ -55,3 +56,15 @@ def test_summarize():
     s = summarize([1.0, 2.0, 3.0])
     assert s == {'mean': 2.0, 'std': 1.0, 'n': 3}
     assert math.isnan(summarize([4.0])['std'])
+
+
+def test_headline_spread_over_seeds():
+    headlines = {0: {'layer': 'backbone.layer4.2.conv2', 'dk_size_rho': 0.2, 'inward_df': None, 'num_layers': 13},
+                 1: {'layer': 'backbone.layer4.2.conv2', 'dk_size_rho': 0.4, 'inward_df': 0.5, 'num_layers': 13}}
+    spread = headline_spread(headlines)
+    assert set(spread) == {'dk_size_rho', 'inward_df', 'num_layers'}  # the layer name is not a number
+    assert spread['dk_size_rho']['mean'] == pytest.approx(0.3)
+    assert spread['dk_size_rho']['std'] == pytest.approx(math.sqrt(0.02))
+    assert spread['inward_df'] == {'mean': 0.5, 'std': spread['inward_df']['std'], 'n': 1, 'per_seed': {1: 0.5}}
+    table = spread_table(spread, {'dk_size_rho': 'rho', 'absent': 'never shown'})
+    assert table.splitlines()[2] == '| rho | 0.300 ± 0.141 | 0: 0.200, 1: 0.400 |' and 'never' not in table

@@ -1,0 +1,8 @@
+# Control for the full DCN: the same detector with its offset predictors' weights frozen at zero
+# (their zero initialisation) and only their biases learned. Each deformable layer then learns one
+# offset field shared by every position and image: a static kernel shape and shift, no offsets
+# that depend on the data. What this row gains over the baseline needs no data-dependent offsets.
+_base_ = './faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py'
+
+# mmengine matches the longest custom key first: the weights get lr 0, the biases keep the 30x
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'conv_offset.weight': dict(lr_mult=0.0, decay_mult=0.0)}))
