@@ -32,27 +32,38 @@ REFERENCE = 'baseline'
 COCO_FINEST_SCALE, COCO_SIDE = 56, 800  # mmdet's RoI-to-level scale, at COCO's image side
 
 
+DETECTORS = {'faster': 'faster-rcnn', 'mask': 'mask-rcnn'}  # --detector -> config name prefix
+
+
 @dataclass(frozen=True)
 class Row:
-    """A trained row: its variant key and config (in ``configs/synthetic/``)."""
+    """A trained row: its variant key and its configs' name after the detector's prefix."""
     variant: str
-    config: str
+    name: str
+
+    def config(self, detector: str = 'faster') -> str:
+        """The row's config file in ``configs/synthetic/`` for ``detector`` (a key of DETECTORS)."""
+        return f'{DETECTORS[detector]}_{self.name}'
 
 
 TRAINED_ROWS: Tuple[Row, ...] = (
-    Row('baseline', 'faster-rcnn_r50-w16_fpn_synthetic.py'),
-    Row('dcn-df', 'faster-rcnn_r50-w16-dconv-df-c3-c5_fpn_synthetic.py'),
-    Row('dcn-dk', 'faster-rcnn_r50-w16-dconv-dk-c3-c5_fpn_synthetic.py'),
-    Row('dcn', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py'),
-    Row('dkernel-local-s4', 'faster-rcnn_r50-w16-dkernel-local-s4-c3-c5_fpn_synthetic.py'),
-    Row('dcn-static', 'faster-rcnn_r50-w16-dconv-static-c3-c5_fpn_synthetic.py'),  # control, on request
+    Row('baseline', 'r50-w16_fpn_synthetic.py'),
+    Row('dcn-df', 'r50-w16-dconv-df-c3-c5_fpn_synthetic.py'),
+    Row('dcn-dk', 'r50-w16-dconv-dk-c3-c5_fpn_synthetic.py'),
+    Row('dcn', 'r50-w16-dconv-c3-c5_fpn_synthetic.py'),
+    Row('dkernel-local-s4', 'r50-w16-dkernel-local-s4-c3-c5_fpn_synthetic.py'),
+    Row('dcn-static', 'r50-w16-dconv-static-c3-c5_fpn_synthetic.py'),  # control, on request
 )
 ROWS = {row.variant: row for row in TRAINED_ROWS}
 PROJECTED_FROM = 'dcn'
 PROJECTIONS = tuple((projected_variant(PROJECTED_FROM, c), c) for c in ('d_f', 'd_k'))
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou')
-METRIC_NAMES = {'bbox_mAP': 'AP', 'bbox_mAP_75': 'AP75', 'bbox_mean_best_iou': 'mean best IoU'}
+MASK_METRICS = ('segm_mAP', 'segm_mAP_75')  # beside METRICS with --detector mask
+METRIC_NAMES = {'bbox_mAP': 'AP', 'bbox_mAP_75': 'AP75', 'bbox_mean_best_iou': 'mean best IoU',
+                'segm_mAP': 'mask AP', 'segm_mAP_75': 'mask AP75'}
+# settings added after runs were first recorded, with the value the runs made before had
+ADDED_SETTINGS = {'detector': 'faster', 'offset_lr_mult': None}
 HEADLINE_NAMES = {  # the numbers tools/demo.py prints, as analysis.headline names them
     'dk_size_rho': 'Spearman(sqrt box area, d_k radius at the box centre)',
     'dk_size_p': 'its permutation p',
@@ -77,9 +88,15 @@ class AblationSettings:
     num_val: int = 200
     image_size: int = 192
     data_root: str = 'data/synthetic'
-    work_dir: str = 'work_dirs/mini_ablation'
+    work_dir: str = ''  # '': work_dirs/mini_ablation, or work_dirs/mini_ablation-mask for Mask R-CNN
+    detector: str = 'faster'
+    offset_lr_mult: Optional[float] = None  # None: the configs' learning-rate multiplier of conv_offset
 
     def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise ValueError(f'unknown detector {self.detector!r}; choose from {list(DETECTORS)}')
+        if not self.work_dir:
+            self.work_dir = 'work_dirs/mini_ablation' + ('' if self.detector == 'faster' else f'-{self.detector}')
         unknown = [r for r in self.rows if r not in ROWS]
         if unknown:
             raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
@@ -92,28 +109,38 @@ class AblationSettings:
                 raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
         if self.iters is not None and self.iters < 1:
             raise ValueError(f'iters must be positive, got {self.iters}')
+        if self.offset_lr_mult is not None and not self.offset_lr_mult > 0:
+            raise ValueError(f'offset_lr_mult must be positive, got {self.offset_lr_mult}')
 
     def run_key(self) -> dict:
         """What a run of one row and seed depends on (not which other rows or seeds run)."""
         return {k: v for k, v in asdict(self).items() if k not in ('seeds', 'rows', 'work_dir')}
 
+    @property
+    def metrics(self) -> Tuple[str, ...]:
+        return METRICS + (MASK_METRICS if self.detector == 'mask' else ())
+
 
 def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, run_dir: str) -> Config:
     """The config of ``row`` for ``seed``: synthetic data, the settings' schedule, paired start."""
-    cfg = load_config(osp.join(CONFIG_DIR, row.config), work_dir=run_dir)
+    cfg = load_config(osp.join(CONFIG_DIR, row.config(settings.detector)), work_dir=run_dir)
     use_synthetic_data(cfg, data_root, (settings.image_size, settings.image_size))
     # RoIs go to the FPN level they would reach at the same fraction of an 800-px COCO image
-    cfg.model.roi_head.bbox_roi_extractor.finest_scale = COCO_FINEST_SCALE * settings.image_size / COCO_SIDE
+    for extractor in ('bbox_roi_extractor', 'mask_roi_extractor'):
+        if extractor in cfg.model.roi_head:
+            cfg.model.roi_head[extractor].finest_scale = COCO_FINEST_SCALE * settings.image_size / COCO_SIDE
     cfg.randomness = dict(seed=seed)
     if settings.iters is not None:
         set_schedule(cfg, settings.iters)
+    if settings.offset_lr_mult is not None:  # the static control's frozen weights stay frozen
+        cfg.optim_wrapper.paramwise_cfg.custom_keys['conv_offset'] = dict(lr_mult=settings.offset_lr_mult)
     cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='PairedStartHook', seed=seed)]
     return cfg
 
 
-def _metrics(raw: dict) -> Dict[str, float]:
+def _metrics(raw: dict, metrics: Tuple[str, ...]) -> Dict[str, float]:
     # mmdet's CocoMetric returns nothing for a detector without detections: COCO's AP is then 0
-    return {m: float(raw.get(f'coco/{m}', 0.0)) for m in METRICS}
+    return {m: float(raw.get(f'coco/{m}', 0.0)) for m in metrics}
 
 
 class Ablation:
@@ -143,7 +170,7 @@ class Ablation:
     def train_row(self, row: Row, seed: int, data_root: str) -> dict:
         """Train (or reuse) one row for one seed, evaluate it, and return its result record."""
         run_dir = self.run_dir(row.variant, seed)
-        check_recorded(run_dir, self.settings.run_key(), runs='a run')
+        check_recorded(run_dir, self.settings.run_key(), runs='a run', added=ADDED_SETTINGS)
         result_file = osp.join(run_dir, 'result.json')
         result = read_json(result_file)
         if result is not None:
@@ -162,7 +189,7 @@ class Ablation:
         dumps = osp.join(run_dir, 'offsets') if row.variant == PROJECTED_FROM else None
         raw = evaluate(cfg, checkpoint, dump_offsets=dumps)
         result = {'variant': row.variant, 'seed': seed, 'checkpoint': checkpoint,
-                  'first_loss': read_first_loss(run_dir), 'metrics': _metrics(raw),
+                  'first_loss': read_first_loss(run_dir), 'metrics': _metrics(raw, self.settings.metrics),
                   'train_minutes': round(train_minutes, 2)}
         if dumps is not None:  # the offsets of the full DCN, for claims 2 and 3
             report = analyze_offsets(dumps, osp.join(data_root, 'annotations', 'instances_val.json'))
@@ -182,7 +209,7 @@ class Ablation:
                          osp.join(run_dir, f'test_{component}'))
         cfg.model.backbone.dcn.component = component
         result = {'variant': variant, 'seed': trained['seed'], 'checkpoint': trained['checkpoint'],
-                  'metrics': _metrics(evaluate(cfg, trained['checkpoint']))}
+                  'metrics': _metrics(evaluate(cfg, trained['checkpoint']), self.settings.metrics)}
         write_json(result_file, result)
         return result
 
@@ -198,7 +225,7 @@ class Ablation:
         pretrain_backbone(PRESETS[selected_preset()], log=self.log)  # the configs' backbone; reused when cached
         data = self.make_data()
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
-        values = {m: {} for m in METRICS}
+        values = {m: {} for m in s.metrics}
         pairing, offset_reports, trained_minutes = {}, {}, []
         for seed in s.seeds:
             results = [self.train_row(row, seed, data['out_dir']) for row in rows]
@@ -207,13 +234,13 @@ class Ablation:
             check_pairing(first)
             pairing[seed] = first
             for r in results:
-                for m in METRICS:
+                for m in s.metrics:
                     values[m].setdefault(r['variant'], {})[seed] = r['metrics'][m]
                 if r['variant'] == PROJECTED_FROM:
                     offset_reports[seed] = read_json(r['offset_report'])
                     for variant, component in PROJECTIONS:
                         p = self.project_row(r, variant, component, data['out_dir'])
-                        for m in METRICS:
+                        for m in s.metrics:
                             values[m].setdefault(variant, {})[seed] = p['metrics'][m]
         order = [r.variant for r in rows] + [v for v, _ in PROJECTIONS if PROJECTED_FROM in s.rows]
         report = paired_report(values, order, REFERENCE)
@@ -236,7 +263,8 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
              'markdown': osp.join(out_dir, 'mini_ablation.md'),
              'plot': osp.join(out_dir, 'mini_ablation.png')}
     write_json(paths['json'], result)
-    table = markdown_table(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES)
+    metrics = [m for m in METRICS + MASK_METRICS if m in result['metrics']]
+    table = markdown_table(result['metrics'], result['rows'], LABELS, metrics, METRIC_NAMES)
     if result.get('offset_headline_spread'):
         layer = next(iter(result['offset_headlines'].values()))['layer']
         table += (f'\n\nOffset statistics of the full DCN in {layer} (the demo\'s numbers), over seeds:\n\n'
@@ -245,7 +273,8 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
     with open(paths['markdown'], 'w') as f:
         f.write(f'{table}\n\nClaims (rules of docs/results/PLAN.md):\n\n{claims}\n')
     s = result['settings']
-    plot_paired(result['metrics'], result['rows'], LABELS, METRICS, METRIC_NAMES, paths['plot'],
-                f"Paired differences to the baseline, seeds {s['seeds']} (90% t-intervals); "
+    detector = {'faster': 'Faster', 'mask': 'Mask'}[s.get('detector', 'faster')]
+    plot_paired(result['metrics'], result['rows'], LABELS, metrics, METRIC_NAMES, paths['plot'],
+                f"{detector} R-CNN: paired differences to the baseline, seeds {s['seeds']} (90% t-intervals); "
                 f"{s['num_train']} train images at {s['image_size']} px")
     return paths

@@ -66,7 +66,7 @@ VARIANT_CONVS: Dict[str, Optional[dict]] = {
     'dkernel-local-s4': dict(type='DeformableKernel', mode='local', scope=4),
 }
 #: the detector whose backbone (and pretrained weights) the probe uses: the ablation's baseline
-DETECTOR_CONFIG = osp.join(CONFIG_DIR, ROWS[REFERENCE].config)
+DETECTOR_CONFIG = osp.join(CONFIG_DIR, ROWS[REFERENCE].config('faster'))
 FEATURE_STRIDE = 8
 FEATURE_FORMAT = 1  # bump when the same key would give other cached features
 SPLITS = ('train', 'val')

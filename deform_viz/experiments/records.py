@@ -21,15 +21,19 @@ def write_json(path: str, value) -> None:
     write_atomically(path, lambda f: json.dump(value, f, indent=2), text=True)
 
 
-def check_recorded(directory: str, key: dict, what: str = 'settings', runs: str = 'runs') -> None:
+def check_recorded(directory: str, key: dict, what: str = 'settings', runs: str = 'runs',
+                   added: Optional[dict] = None) -> None:
     """Record ``key`` in ``<directory>/<what>.json`` the first time; afterwards refuse the directory
-    if it was made with another key, naming the entries that differ."""
+    if it was made with another key, naming the entries that differ. ``added`` holds entries that
+    joined the key later, with the value directories recorded before them were made with."""
     path = osp.join(directory, f'{what}.json')
     stored = read_json(path)
     key = json.loads(json.dumps(key))  # as stored: tuples become lists
     if stored is None:
         write_json(path, key)
-    elif stored != key:
+        return
+    stored = {**(added or {}), **stored}
+    if stored != key:
         changed = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
         raise ValueError(f'{directory} holds {runs} made with other {what} ({", ".join(changed)}); '
                          'pass another --work-dir or delete that directory')

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from deform_viz.experiments import PairingError
-from deform_viz.experiments.ablation import ROWS, Ablation, AblationSettings, row_config, write_outputs
+from deform_viz.experiments.ablation import (ADDED_SETTINGS, ROWS, Ablation, AblationSettings, row_config,
+                                             write_outputs)
 from deform_viz.experiments.pairing import build_initialised_model
+from deform_viz.experiments.records import check_recorded
 
 TINY = dict(iters=2, num_train=4, num_val=2, image_size=96)
 
@@ -89,3 +91,41 @@ def test_the_static_control_learns_only_the_offset_biases(tmp_path):
     assert len(weights) == len(biases) == 13  # every deformable layer of c3-c5
     assert all(not w.any() for w in weights)  # still their zero initialisation
     assert sum(bool(b.any()) for b in biases) == 13  # every bias has moved off zero
+
+
+@pytest.mark.slow
+def test_mask_rcnn_rows_report_mask_ap(tmp_path):
+    s = settings(tmp_path, detector='mask')
+    cfg = row_config(ROWS['dcn'], s, 0, s.data_root, str(tmp_path / 'x'))
+    assert cfg.model.type == 'MaskRCNN'
+    assert cfg.model.roi_head.mask_roi_extractor.finest_scale == cfg.model.roi_head.bbox_roi_extractor.finest_scale
+    result = Ablation(s).run()
+    assert result['rows'] == ['baseline', 'dcn', 'dcn@test-df', 'dcn@test-dk']
+    for metric in ('segm_mAP', 'segm_mAP_75', 'bbox_mAP'):
+        assert set(result['metrics'][metric]) == set(result['rows'])
+    paths = write_outputs(result, str(tmp_path / 'out'), 'python tools/mini_ablation.py --detector mask')
+    assert 'mask AP (mean ± std)' in open(paths['markdown']).read()
+
+
+def test_runs_recorded_before_the_detector_setting_count_as_faster_rcnn(tmp_path):
+    key = AblationSettings(detector='faster').run_key()
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    (run_dir / 'settings.json').write_text(json.dumps({k: v for k, v in key.items() if k != 'detector'}))
+    check_recorded(str(run_dir), key, runs='a run', added=ADDED_SETTINGS)  # accepted
+    with pytest.raises(ValueError, match=r'other settings \(detector\)'):
+        check_recorded(str(run_dir), AblationSettings(detector='mask').run_key(), runs='a run', added=ADDED_SETTINGS)
+    with pytest.raises(ValueError, match="unknown detector 'cascade'"):
+        AblationSettings(detector='cascade')
+    assert AblationSettings(detector='mask').work_dir == 'work_dirs/mini_ablation-mask'
+
+
+def test_offset_learning_rate_option(tmp_path):
+    s = settings(tmp_path, rows=['baseline', 'dcn-static'], offset_lr_mult=1.0)
+    cfg = row_config(ROWS['dcn-static'], s, 0, s.data_root, str(tmp_path / 'x'))
+    keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    assert keys == {'conv_offset': {'lr_mult': 1.0}, 'conv_offset.weight': {'lr_mult': 0.0, 'decay_mult': 0.0}}
+    default = row_config(ROWS['dcn'], settings(tmp_path), 0, s.data_root, str(tmp_path / 'x'))
+    assert default.optim_wrapper.paramwise_cfg.custom_keys == {'conv_offset': {'lr_mult': 30.0}}
+    with pytest.raises(ValueError, match='offset_lr_mult must be positive'):
+        settings(tmp_path, offset_lr_mult=0)
