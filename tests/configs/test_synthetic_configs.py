@@ -36,9 +36,14 @@ def test_offset_predictors_get_the_configured_lr_mult(path):
     model = MODELS.build(cfg.model)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     base_lr = cfg.optim_wrapper.optimizer.lr
-    mult = cfg.optim_wrapper.paramwise_cfg.custom_keys['conv_offset']['lr_mult']
-    offset_params = {id(p) for name, p in model.named_parameters() if '.conv_offset.' in name}
-    assert len(offset_params) == 2 * 13  # weight and bias of each c3-c5 bottleneck's conv2
+    keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    mult = keys['conv_offset']['lr_mult']
+    # the static-offset control freezes the predictors' weights: only their biases learn
+    weight_mult = keys.get('conv_offset.weight', {}).get('lr_mult', mult)
+    assert ('static' in path) == (weight_mult == 0)
+    expected = {id(p): base_lr * (weight_mult if name.endswith('weight') else mult)
+                for name, p in model.named_parameters() if '.conv_offset.' in name}
+    assert len(expected) == 2 * 13  # weight and bias of each c3-c5 bottleneck's conv2
     for group in wrapper.optimizer.param_groups:
-        is_offset = any(id(p) in offset_params for p in group['params'])
-        assert group['lr'] == pytest.approx(base_lr * (mult if is_offset else 1)), group
+        (param,) = group['params']
+        assert group['lr'] == pytest.approx(expected.get(id(param), base_lr)), group
