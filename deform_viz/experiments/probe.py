@@ -245,6 +245,7 @@ def load_split(data_root: str, split: str, backbone: nn.Module, preprocessor: nn
     """The split's ground truth (parsed by mmdet's ``CocoDataset``) and c3 features, computed once
     and cached in ``cache_dir`` under a key of the annotation file, the backbone and its weights."""
     from mmdet.datasets import CocoDataset
+    data_root = osp.abspath(data_root)  # CocoDataset would join a relative ann_file to data_root again
     ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
     pipeline = [dict(type='LoadImageFromFile'),
                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape'))]
@@ -498,7 +499,7 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
     start = time.perf_counter()
     # mmengine logs every parameter group it builds and DK every kernel it maps: keep warnings only
     MMLogger.get_instance('deform_viz.probe', log_level='WARNING')
-    work_dir = osp.abspath(work_dir)
+    work_dir, data_root = osp.abspath(work_dir), osp.abspath(data_root)
     check_recorded(work_dir, settings.run_key(), runs='probe runs')
     make_synthetic_coco(data_root, **settings.dataset_args())
     if settings.backbone_weights == 'config':
@@ -526,7 +527,7 @@ def run_probe(settings: ProbeSettings, work_dir: str, data_root: str, cache_dir:
                     f'({run["train"]["seconds"]:.0f} s)')
             runs[seed, variant] = run
     report = probe_report(runs, settings)
-    report.update(command=command, work_dir=work_dir, data_root=osp.abspath(data_root), features=description,
+    report.update(command=command, work_dir=work_dir, data_root=data_root, features=description,
                   wall_seconds=time.perf_counter() - start)
     write_json(osp.join(work_dir, 'probe.json'), report)
     plot_probe(report, osp.join(work_dir, 'probe.png'))

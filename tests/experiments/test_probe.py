@@ -164,7 +164,8 @@ def test_resume_reuses_finished_runs(tiny_run, data_root, monkeypatch):
         calls.append(model.variant)
         return real(model, *args, **kwargs)
     monkeypatch.setattr(probe, 'train_probe', counted)
-    again = run_probe(settings, work_dir, data_root, cache_dir=osp.join(work_dir, 'cache'))
+    monkeypatch.chdir(osp.dirname(data_root))  # the tool's default data root is relative
+    again = run_probe(settings, work_dir, osp.basename(data_root), cache_dir=osp.join(work_dir, 'cache'))
     assert calls == [] and again['runs'] == report['runs']
 
     redo = run_path(work_dir, 1, 'baseline')
