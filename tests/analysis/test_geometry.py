@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from deform_viz.analysis import FeatureGeometry, GeometryError, LayerOffsets
+from deform_viz.analysis.fields import feeding_layers, stacked_sampling_positions
 from deform_viz.dump import load_offset_dump
+import sampling_reference
 from synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_dump
 
 H, W = 9, 11
@@ -99,38 +101,93 @@ def test_geometry_rejects_bad_metadata():
         FeatureGeometry.from_meta(dict(img_shape=[8, 8], ori_shape=[8, 8]), dict(name='x', output_stride=8), (1, 1))
 
 
-def test_stacked_sampling_composes_layers(tmp_path):
-    from deform_viz.analysis.fields import feeding_layers, stacked_sampling_positions
-    zero = np.zeros((1, 9, 2, 8, 8), np.float32)
-    shifted = zero.copy()
-    shifted[0, :, 1] = 1.0                         # the lower layer samples one input px to the right
-    layers = {'stage3.a': (dict(s_in=8, s_out=16), np.zeros((1, 9, 2, 4, 4), np.float32)),
-              'stage4.b': (dict(s_in=16, s_out=16), zero[..., :4, :4]),
-              'stage4.c': (dict(s_in=16, s_out=16), zero[..., :4, :4])}
-    dump = load_offset_dump(write_dump(tmp_path, 1, layers, ori_shape=(64, 64)))
-    assert [lo.name for lo in feeding_layers(dump, 'stage4.c', 5)] == ['stage4.b', 'stage3.a']
-    assert feeding_layers(dump, 'stage3.a', 2) == []
-
-    dump = load_offset_dump(write_dump(tmp_path, 2, {'low': (dict(s_in=8, s_out=8), shifted),
-                                                     'top': (dict(s_in=8, s_out=8), zero)}, ori_shape=(64, 64)))
-    top = LayerOffsets.from_dump(dump, 'top')
-    below = feeding_layers(dump, 'top', 1)
-    level0, level1 = stacked_sampling_positions(top, below, 4, 4)
-    assert level0.shape == (9, 2) and level1.shape == (81, 2)
-    # rigid 3x3 of a rigid 3x3: offsets -2..2 cells (8 image px each) around (4, 4), the lower layer's
-    # shift adds one input px = 8 image px to every x
-    dy = np.round((level1[:, 0] - (4 * 8 + 0.5)) / 8).astype(int)
-    dx = np.round((level1[:, 1] - (4 * 8 + 0.5) - 8) / 8).astype(int)
-    counts = {}
-    for pair in zip(dy, dx):
-        counts[pair] = counts.get(pair, 0) + 1
-    assert counts[(0, 0)] == 9 and counts[(2, 2)] == 1 and set(dy) == set(dx) == {-2, -1, 0, 1, 2}
-    first = load_offset_dump(tmp_path / '1.npz')
+def test_feeding_layers_and_stacking_errors(tmp_path):
+    zero = np.zeros((1, 9, 2, 4, 4), np.float32)
+    layers = {'stage3.a': (dict(s_in=8, s_out=16), zero),
+              'stage4.b': (dict(s_in=16, s_out=16), zero),
+              'stage4.c': (dict(s_in=16, s_out=16), zero)}
+    first = load_offset_dump(write_dump(tmp_path, 1, layers, ori_shape=(64, 64)))
+    assert [lo.name for lo in feeding_layers(first, 'stage4.c', 5)] == ['stage4.b', 'stage3.a']
+    assert [lo.name for lo in feeding_layers(first, 'stage4.c', 1)] == ['stage4.b']
+    assert feeding_layers(first, 'stage3.a', 2) == []
     with pytest.raises(ValueError, match='does not produce the map'):
         stacked_sampling_positions(LayerOffsets.from_dump(first, 'stage3.a'),
                                    [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
+    other = load_offset_dump(write_dump(tmp_path, 2, layers, ori_shape=(64, 64)))
     with pytest.raises(ValueError, match='from image 1'):
-        stacked_sampling_positions(top, [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
+        stacked_sampling_positions(LayerOffsets.from_dump(other, 'stage4.c'),
+                                   [LayerOffsets.from_dump(first, 'stage4.b')], 0, 0)
+
+
+def linear_field(grid, taps, per_tap, d_row, d_col):
+    """Offsets (1, taps, 2, H, W) linear in the cell: tap n gets per_tap[c] * n + d_row[c] * r + d_col[c] * col
+    for c in (dy, dx), so that bilinear interpolation between cells is exact."""
+    rows, cols = np.mgrid[0:grid[0], 0:grid[1]].astype(np.float64)
+    out = np.zeros((1, taps, 2) + grid)
+    for n in range(taps):
+        for c in range(2):
+            out[0, n, c] = per_tap[c][0] + per_tap[c][1] * n + d_row[c] * rows + d_col[c] * cols
+    return out
+
+
+def stacked_layers(flip=None):
+    """A 4 x 5 grid on a 32 x 40 network image of a 64 x 80 original (scale 0.5):
+    top: input stride 8, conv stride 1; low: input stride 4, conv stride 2 (so top's input
+    pixel j is low's output cell j and sits on low's input pixel 2j); bottom: input stride 4,
+    conv stride 1, under low."""
+    grid = (4, 5)
+
+    def geometry(s_in, s_out):
+        return FeatureGeometry(grid_shape=grid if s_out == 8 else (8, 10), input_stride=(s_in, s_in),
+                               output_stride=(s_out, s_out), img_shape=(32, 40), ori_shape=(64, 80),
+                               scale_factor=(0.5, 0.5), flip_direction=flip)
+    # top: tap n of cell (r, c) moves by (0.3 + 0.05 n + 0.01 r, -0.4 + 0.02 n - 0.03 c)
+    top = linear_field(grid, 9, ((0.3, 0.05), (-0.4, 0.02)), (0.01, 0.0), (0.0, -0.03))
+    # low: tap m of cell (r, c) moves by (0.1 m + 0.5 r - 0.25 c, -0.2 + 0.125 r + 0.25 c)
+    low = linear_field(grid, 9, ((0.0, 0.1), (-0.2, 0.0)), (0.5, 0.125), (-0.25, 0.25))
+    bottom = linear_field((8, 10), 9, ((0.05, -0.02), (0.1, 0.01)), (-0.1, 0.05), (0.2, -0.05))
+    return [LayerOffsets.from_fields(top, geometry(8, 8), 'top', image_id=1),
+            LayerOffsets.from_fields(low, geometry(4, 8), 'low', image_id=1),
+            LayerOffsets.from_fields(bottom, geometry(4, 4), 'bottom', image_id=1)]
+
+
+def test_stacked_sampling_known_answer():
+    """Cell (0, 4) of the top is a corner: some of its taps land off the lower grid, where the
+    lower offsets are read at the clamped position (their rigid base is not clamped)."""
+    top, low, bottom = stacked_layers()
+    level0, level1 = stacked_sampling_positions(top, [low], 0, 4)
+    assert level0.shape == (9, 2) and level1.shape == (81, 2)
+    # by hand, tap 0 (rigid (-1, -1)): top offset (0.3, -0.4 - 0.03 * 4) -> top input (-0.7, 2.48),
+    # image ((-0.7 * 8 + 0.5) / 0.5, (2.48 * 8 + 0.5) / 0.5)
+    assert tuple(level0[0]) == pytest.approx((-10.2, 40.68))
+    # tap 8 (rigid (1, 1)): offset (0.3 + 0.4, -0.4 + 0.16 - 0.12) -> (1.7, 4.64)
+    assert tuple(level0[8]) == pytest.approx(((1.7 * 8 + 0.5) * 2, (4.64 * 8 + 0.5) * 2))
+    # its first point's tap 0 in low: base 2 * (-0.7, 2.48); offsets read at the clamped cell (0, 2.48):
+    # (0 + 0 - 0.25 * 2.48, -0.2 + 0 + 0.25 * 2.48) = (-0.62, 0.42); tap (-1, -1): (-3.02, 4.38) in low input
+    assert tuple(level1[0]) == pytest.approx(((-3.02 * 4 + 0.5) * 2, (4.38 * 4 + 0.5) * 2))
+    # tap 8 of top's tap 8: cell (1.7, 4.64) is off the grid in x only: read at (1.7, 4);
+    # (0.8 + 0.85 - 1.0, -0.2 + 0.2125 + 1.0) + rigid (1, 1) + base (3.4, 9.28)
+    assert tuple(level1[80]) == pytest.approx(((5.05 * 4 + 0.5) * 2, (11.2925 * 4 + 0.5) * 2))
+    # every point, in order (tap by tap of each earlier point), against the scalar reference
+    for cell in [(0, 4), (2, 1), (3, 0)]:
+        expected = sampling_reference.stacked_points([top, low, bottom], *cell)
+        got = stacked_sampling_positions(top, [low, bottom], *cell)
+        assert [len(level) for level in got] == [9, 81, 729]
+        for depth in range(3):
+            np.testing.assert_allclose(got[depth], expected[depth], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize('flip', ['vertical', 'diagonal'])
+def test_stacked_sampling_on_a_flipped_image(flip):
+    top, low, _ = stacked_layers(flip)
+    level0, level1 = stacked_sampling_positions(top, [low], 0, 4)
+    # tap 0 above: (-10.2, 40.68) unflipped, mirrored in the 32 x 40 network image, then resized
+    y, x = (32 - (-0.7 * 8 + 0.5)) * 2, (2.48 * 8 + 0.5) * 2
+    if flip == 'diagonal':
+        x = (40 - (2.48 * 8 + 0.5)) * 2
+    assert tuple(level0[0]) == pytest.approx((y, x))
+    expected = sampling_reference.stacked_points([top, low], 0, 4)
+    np.testing.assert_allclose(level1, expected[1], rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize('grid', [(5, 7), (3, 4)], ids=['whole', 'cropped'])
