@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..ops.deform_conv import deform_conv2d_torch
 from ..ops.offset_fields import project_offsets
-from ..ops.utils import conv_output_size
+from ..ops.utils import autocast_dtype, conv_output_size
 from ..variants import component_name, dcn_variant
 
 BACKENDS = ('auto', 'torch', 'mmcv')
@@ -139,11 +139,23 @@ class DecomposedDCN(ModulatedDeformConv2d):
         return wanted and x.shape[0] > 0
 
     def _mmcv_forward(self, x: Tensor, offset: Tensor, mask) -> Tensor:
+        dtype = autocast_dtype(x.device.type)
+        if dtype is None:
+            return self._mmcv_op(x, offset, mask, self.weight, self.bias)
+        # mmcv casts input and weight to the offsets' dtype, so under autocast its kernel would
+        # compute sampling positions in half precision (1/4 px steps at x >= 256). Run it in
+        # float32 outside autocast instead, and hand autocast's dtype on like the other layers.
+        with torch.autocast(x.device.type, enabled=False):
+            out = self._mmcv_op(x.float(), offset.float(), None if mask is None else mask.float(),
+                                self.weight.float(), None if self.bias is None else self.bias.float())
+        return out.to(dtype)
+
+    def _mmcv_op(self, x: Tensor, offset: Tensor, mask, weight: Tensor, bias) -> Tensor:
         # mmcv's kernels index their inputs as contiguous memory: other layouts give wrong numbers
         x, offset = x.contiguous(), offset.contiguous()
         if self.modulated:
             mask = mask.contiguous()
-            return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride,
+            return modulated_deform_conv2d(x, offset, mask, weight, bias, self.stride,
                                            self.padding, self.dilation, self.groups, self.deform_groups)
         # mmcv's v1 op refuses maps smaller than the kernel. Pad them at the bottom and right, as
         # mmcv's DeformConv2dPack does: the op reads zeros beyond the map anyway. The offsets are
@@ -157,11 +169,12 @@ class DecomposedDCN(ModulatedDeformConv2d):
             padded_h, padded_w = conv_output_size(x.shape[2:], self.kernel_size, self.stride,
                                                   self.padding, self.dilation)
             offset = F.pad(offset, (0, padded_w - out_w, 0, padded_h - out_h))
-        out = deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation,
+        out = deform_conv2d(x, offset, weight, self.stride, self.padding, self.dilation,
                             self.groups, self.deform_groups, False, self.im2col_step)
         if pad_h or pad_w:
             out = out[:, :, :out_h, :out_w]
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        # mmcv's output has the offsets' dtype: a float32 bias must not promote a half output
+        return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '

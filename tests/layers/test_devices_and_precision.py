@@ -6,6 +6,8 @@ from mmcv.cnn import build_conv_layer
 from ops.helpers import AUTOCAST, AUTOCAST_RTOL, needs_cuda, relative_error
 
 from deform_viz.layers import DecomposedDCN, decomposed_dcn
+from deform_viz.ops._sampling import bilinear_taps, gather_rows, input_rows
+from deform_viz.ops.offset_fields import project_offsets
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -63,6 +65,8 @@ def forward_backward(layer, x, cot):
 # the DCN layers on CUDA also through mmcv's op (backend='auto'), which casts to the offsets' dtype
 AUTOCAST_CASES = [pytest.param(*case.values, 'torch', marks=case.marks, id=case.id) for case in AUTOCAST]
 AUTOCAST_CASES.append(pytest.param('cuda', torch.float16, 'auto', marks=needs_cuda, id='cuda-fp16-auto'))
+# mmcv's CPU kernels have no bfloat16: the mmcv path runs them in float32 under autocast
+AUTOCAST_CASES.append(pytest.param('cpu', torch.bfloat16, 'mmcv', id='cpu-bf16-mmcv'))
 
 
 @pytest.mark.parametrize('device,dtype,backend', AUTOCAST_CASES)
@@ -138,3 +142,78 @@ def test_auto_backend_runs_mmcv_on_cuda(modulated, mmcv_calls):
     layer.backend = 'torch'
     layer(x)
     assert len(mmcv_calls) == 1
+
+
+@pytest.mark.parametrize('modulated', [False, True], ids=['dcn', 'dcnv2'])
+def test_mmcv_path_keeps_half_precision_half(modulated):
+    """mmcv's op returns its offsets' dtype and casts float32 parameters to it; the v1 path adds
+    the bias itself, which must not promote a float16 output to float32. mmcv's CPU kernels take
+    float16, so this runs the code a GPU runs: float16 input and offsets with float32 parameters
+    (as autocast used to hand them over), and a layer in float16 (``.half()``)."""
+    layer = build('dcnv2' if modulated else 'dcn', backend='mmcv')
+    x = torch.randn(2, 8, 9, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        offset, mask = layer.offsets(x)
+        offset = project_offsets(offset, layer.kernel_size, layer.component)
+        expected = layer._mmcv_op(x, offset, mask, layer.weight, layer.bias)
+        got = layer._mmcv_op(x.half(), offset.half(), None if mask is None else mask.half(), layer.weight,
+                             layer.bias)
+        assert layer.bias.dtype == torch.float32 and got.dtype == torch.float16
+        assert relative_error(got, expected) < AUTOCAST_RTOL
+        assert layer.half()(x.half()).dtype == torch.float16
+
+
+WIDE_MAP = (1, 8, 12, 336)  # as wide as the stride-2 c3 block's input at 800x1333
+
+
+def output_with_positions_in(layer, x, dtype):
+    """``layer(x)`` in float64 with every sampling position rounded to ``dtype`` first, as a
+    kernel computing positions in that dtype (mmcv's, in float16 under autocast) would."""
+    layer, x = layer.double(), x.double()
+    offset, mask = layer.offsets(x)
+    offset = project_offsets(offset, layer.kernel_size, layer.component)
+    geometry = (x.shape[2:], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    index, weights = bilinear_taps(offset.to(dtype), None if mask is None else mask.to(dtype), *geometry)
+    n, c, _, _ = x.shape
+    ho, wo = offset.shape[2:]
+    cols = gather_rows(index, input_rows(x, layer.deform_groups), weights.double())
+    cols = cols.view(n, ho * wo, -1)  # (N, L, KK*C), taps major
+    weight = layer.weight.permute(0, 2, 3, 1).reshape(layer.out_channels, -1)  # groups == 1 here
+    out = (cols @ weight.t()).view(n, ho, wo, -1).permute(0, 3, 1, 2)
+    return out + layer.bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize('variant', ['dcn', 'dcn-df', 'dcnv2-dk'])
+def test_float16_positions_cost_wide_maps_more_than_float16_values(variant):
+    """The measurement behind the mmcv path's float32 geometry (docs/layers.md): sub-pixel
+    offsets on a map 336 wide. float16 positions (1/4 px steps at x >= 256, 1/8 px from 128)
+    move the output far more than rounding every value to float16 does."""
+    layer = build(variant, backend='torch')
+    x = torch.randn(WIDE_MAP, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = output_with_positions_in(layer, x, torch.float64)
+    torch.testing.assert_close(exact, layer(x))  # the emulation is the layer
+    half_positions = relative_error(output_with_positions_in(layer, x, torch.float16), exact)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # values in bfloat16, positions float32
+        half_values = relative_error(layer.float()(x.float()), exact)
+    # float16 values round 8x finer than bfloat16's
+    assert half_positions > 4 * half_values / 8 and half_positions > 0.005, (half_positions, half_values)
+    layer.backend = 'mmcv'  # mmcv's kernel given float16 computes its positions in float16: the same error
+    mmcv_half = relative_error(layer.half()(x.half()), exact)
+    assert mmcv_half == pytest.approx(half_positions, rel=0.2)
+
+
+@needs_cuda
+@pytest.mark.parametrize('variant', ['dcn', 'dcn-df', 'dcnv2-dk'])
+def test_mmcv_path_samples_wide_maps_in_float32_under_autocast(variant):
+    """backend='auto' under float16 autocast on the wide map: the output is float16 and as close
+    to float64 as float16 values allow, a quarter of what float16 positions would cost."""
+    layer = build(variant, backend='auto')
+    x = torch.randn(WIDE_MAP, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = output_with_positions_in(layer, x, torch.float64)
+    half_positions = relative_error(output_with_positions_in(layer, x, torch.float16), exact)
+    layer = layer.float().cuda()
+    with torch.autocast('cuda', dtype=torch.float16):
+        assert layer.uses_mmcv(x.cuda())
+        got = layer(x.float().cuda())
+    assert got.dtype == torch.float16
+    assert relative_error(got, exact) < half_positions / 4
