@@ -76,6 +76,60 @@ def test_sampling_positions_on_image_follow_stride_scale_and_flip(tmp_path):
     assert flipped.radius_image == pytest.approx(layer.radius_image)
 
 
+@pytest.mark.parametrize('flip', ['vertical', 'diagonal'])
+def test_vertical_and_diagonal_flips_by_hand(flip):
+    """A 9 x 11 grid, input stride 8, on a 72 x 88 network image resized from 144 x 88 (only y
+    scaled by 0.5): every map undoes the flip, then the resize, each along its own axis."""
+    geom = FeatureGeometry(grid_shape=(H, W), input_stride=(8, 8), output_stride=(8, 8), img_shape=(72, 88),
+                           ori_shape=(144, 88), scale_factor=(1.0, 0.5), flip_direction=flip)
+    offset = np.zeros((1, 9, 2, H, W))
+    offset[0, :, 0], offset[0, :, 1] = 0.5, 1.0            # every tap moves (0.5, 1.0) input px
+    layer = LayerOffsets.from_fields(offset, geom)
+    mirrored_x = flip == 'diagonal'
+    # cell (2, 3): network (16.5, 24.5), mirrored to (72 - 16.5, 88 - 24.5 if diagonal)
+    ys, xs = layer.cell_centres_image
+    assert (ys[2, 3], xs[2, 3]) == pytest.approx((55.5 / 0.5, 63.5 if mirrored_x else 24.5))
+    # d_f (0.5, 1.0) input px = (4, 8) network px, pointing up (and left) on the original image
+    assert tuple(layer.d_f_image[0, :, 2, 3]) == pytest.approx((-4 / 0.5, -8.0 if mirrored_x else 8.0))
+    # the centre tap samples input (2.5, 4.0) = network (20.5, 32.5)
+    assert tuple(layer.sampling_image[0, 4, :, 2, 3]) == pytest.approx((51.5 / 0.5, 55.5 if mirrored_x else 32.5))
+    # the rigid kernel spans 2 input px: 32 image px along y, 16 along x, whatever the flip
+    assert layer.rigid_radius_image == pytest.approx(np.sqrt(32 * 16))
+    assert geom.cell_size_on_image == (16.0, 8.0)
+    # back to the grid, and painting: image row 0 is the network's last row (grid row 8)
+    rows, cols, inside = geom.image_to_grid(np.array([111.0, 0.5]), np.array([63.5 if mirrored_x else 24.5, 0.5]))
+    assert rows.tolist() == [2, 8] and cols.tolist() == [3, 10 if mirrored_x else 0] and inside.all()
+    painted = geom.to_image_resolution(np.arange(H * W).reshape(H, W))
+    assert painted[111, 63 if mirrored_x else 24] == 2 * W + 3
+    assert painted[0, 0] == 8 * W + (10 if mirrored_x else 0)
+
+
+def test_anisotropic_kernel_extent_and_dilation():
+    """A 3 x 5 kernel with dilation (2, 1), stretched by 0.5 along y and 1.5 along x: width and
+    height differ, and 12 horizontal pairs weigh against 10 vertical ones."""
+    kernel, dilation = (3, 5), (2, 1)
+    geom = FeatureGeometry(grid_shape=(4, 6), input_stride=(8, 8), output_stride=(8, 8), img_shape=(32, 48),
+                           ori_shape=(64, 48), scale_factor=(1.0, 0.5), kernel_size=kernel, dilation=dilation)
+    ky, kx = np.meshgrid((np.arange(3) - 1) * 2.0, (np.arange(5) - 2) * 1.0, indexing='ij')   # rigid taps
+    stretch = np.stack([(0.5 - 1) * ky.ravel(), (1.5 - 1) * kx.ravel()], axis=1)          # (15, 2)
+    offset = np.broadcast_to(stretch[None, :, :, None, None], (1, 15, 2, 4, 6)).copy()
+    layer = LayerOffsets.from_fields(offset, geom)
+    width, height = layer.extent
+    np.testing.assert_allclose(width, 1.5 * 4, rtol=1e-12)      # columns -2..2 at gap 1, stretched 1.5
+    np.testing.assert_allclose(height, 0.5 * 4, rtol=1e-12)     # rows -1..1 at gap 2, stretched 0.5
+    np.testing.assert_allclose(layer.effective_dilation, (12 * 1.5 + 10 * 1.0) / 22, rtol=1e-12)
+    # in image px: x keeps the input stride 8, y doubles it (the network saw half the height)
+    np.testing.assert_allclose(layer.radius_image, np.sqrt(6 * 8 * 2 * 16), rtol=1e-12)
+    assert geom.lengths_to_image(2.0, 6.0) == pytest.approx((2 * 16, 6 * 8))   # (height, width) in image px
+    rigid = LayerOffsets.from_fields(np.zeros_like(offset), geom)
+    np.testing.assert_allclose(rigid.extent[0], 4.0)
+    np.testing.assert_allclose(rigid.extent[1], 4.0)
+    np.testing.assert_allclose(rigid.effective_dilation, (12 * 1 + 10 * 2) / 22, rtol=1e-12)
+    assert rigid.rigid_radius_image == pytest.approx(np.sqrt(4 * 8 * 4 * 16))
+    # the sampling positions: tap (0, 2) (row 0, last column) at (-2 * 0.5, 2 * 1.5) from the centre
+    assert tuple(layer.sampling_offsets[0, 4, :, 1, 1]) == pytest.approx((-1.0, 3.0))
+
+
 def test_geometry_round_trip_and_painting():
     geom = FeatureGeometry(grid_shape=(6, 8), input_stride=(8, 8), output_stride=(16, 16), img_shape=(96, 128),
                            ori_shape=(192, 256), scale_factor=(0.5, 0.5), flip_direction='horizontal')
