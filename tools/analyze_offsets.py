@@ -53,6 +53,9 @@ def parse_args(argv=None):
                         '(default 0.5)')
     parser.add_argument('--div-threshold', type=float, default=0.0,
                         help='the negative-divergence region is where div(d_f) < this (dimensionless, default 0)')
+    parser.add_argument('--inward-tie', type=float, default=1e-3, metavar='PX',
+                        help='inward d_f: an object whose mean inward d_f is within PX input px of 0 is a tie '
+                        'in the sign test (default 1e-3: zero up to rounding)')
     parser.add_argument('--permutations', type=int, default=999, help='permutations of each null (default 999)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the permutations (default 0)')
     parser.add_argument('--offsets', choices=('used', 'predicted'), default='used',
@@ -66,7 +69,7 @@ def parse_args(argv=None):
         args.settings = AnalysisSettings(
             size_thresholds=tuple(args.size_thresholds), mask_source=args.mask_source,
             min_object_cells=args.min_object_cells, remove_global_shift=not args.keep_global_shift,
-            background_ring=args.background_ring, div_threshold=args.div_threshold,
+            background_ring=args.background_ring, div_threshold=args.div_threshold, inward_tie=args.inward_tie,
             permutations=args.permutations, seed=args.seed)
     except ValueError as e:
         parser.error(str(e))

@@ -1,11 +1,14 @@
-"""The embedded default, end to end on CPU: pretrained backbone -> data -> paired full-DCN training
--> COCO evaluation with offset dumps -> figures -> the offset statistics of the paper's claims.
+"""The embedded default, end to end on CPU: pretrained backbone -> data -> the baseline and the full
+DCN of one seed, paired -> COCO evaluation with offset dumps -> figures -> the offset statistics of
+the paper's claims.
 
-    python tools/demo.py [--seed 0] [--work-dir work_dirs/demo] [--retrain] [--quick]
+    python tools/demo.py [--seed 3] [--work-dir work_dirs/demo] [--retrain] [--quick]
 
-The run is the full-DCN row of ``tools/mini_ablation.py`` for that seed (same settings, same run
-directory under ``--ablation-dir``), so the ablation reuses it and the demo's numbers have their
-spread over seeds there. ``--quick`` shrinks everything to check the pipeline in a minute or two.
+The two runs are the baseline and full-DCN rows of ``tools/mini_ablation.py`` for that seed (same
+settings, same run directories under ``--ablation-dir``), so the ablation reuses them. The demo prints
+both APs, their paired difference, and beside it the interval of the committed confirmatory table
+(docs/results/mini_ablation.json), so that one run is read against the spread over seeds.
+``--quick`` shrinks everything to check the pipeline in a minute or two.
 """
 import argparse
 import json
@@ -14,7 +17,9 @@ import shutil
 import time
 
 from deform_viz.analysis import format_markdown, headline
-from deform_viz.experiments.ablation import PROJECTED_FROM, ROWS, Ablation, AblationSettings
+from deform_viz.experiments.ablation import PROJECTED_FROM, REFERENCE, REPO, ROWS, Ablation, AblationSettings
+from deform_viz.experiments.paired import check_pairing
+from deform_viz.experiments.records import read_json
 from deform_viz.fileio import write_atomically
 from deform_viz.pretraining import PRESETS, pretrain_backbone, selected_preset
 from deform_viz.visualization import write_dump_figures
@@ -22,11 +27,14 @@ from deform_viz.visualization import write_dump_figures
 # the last deformable block of c3, c4 and c5: one figure set per stage
 FIGURE_LAYERS = ('backbone.layer2.3.conv2', 'backbone.layer3.5.conv2', 'backbone.layer4.2.conv2')
 QUICK = dict(iters=8, num_train=16, num_val=6, image_size=128)
+COMMITTED_TABLE = osp.join(REPO, 'docs', 'results', 'mini_ablation.json')
+DEMO_SEED = AblationSettings().seeds[0]  # the first confirmatory seed
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train, dump, draw and measure deformable offsets on CPU')
-    parser.add_argument('--seed', type=int, default=0, help='the ablation seed whose full DCN to run (default 0)')
+    parser.add_argument('--seed', type=int, default=DEMO_SEED,
+                        help=f'the ablation seed whose baseline and full DCN to run (default {DEMO_SEED})')
     parser.add_argument('--work-dir', default='work_dirs/demo', help='where the figures and summary go')
     parser.add_argument('--ablation-dir', default=None,
                         help='the mini ablation work dir holding the run (default: work_dirs/mini_ablation; '
@@ -44,6 +52,13 @@ def fmt(value) -> str:
 
 def step(title: str) -> None:
     print(f'\n=== {title} ===', flush=True)
+
+
+def committed_interval(path: str = COMMITTED_TABLE, metric: str = 'bbox_mAP') -> dict:
+    """The committed table's full DCN - baseline in ``metric`` (a PairedDifference dict with the
+    table's seeds), or {} when the table has none."""
+    table = read_json(path) or {}
+    return table.get('metrics', {}).get(metric, {}).get(PROJECTED_FROM, {}).get('vs_reference', {})
 
 
 def main(argv=None) -> dict:
@@ -68,11 +83,14 @@ def main(argv=None) -> dict:
     print(f"{data['out_dir']}: {data['splits']['train']['images']} train / {data['splits']['val']['images']} "
           f"val images{' (reused)' if data['reused'] else ''}")
 
-    step(f'3/5 train the full DCN (seed {args.seed}, paired with the baseline), evaluate, dump offsets')
-    run_dir = ablation.run_dir(PROJECTED_FROM, args.seed)
-    if args.retrain:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    result = ablation.train_row(ROWS[PROJECTED_FROM], args.seed, data['out_dir'])
+    step(f'3/5 train the baseline and the full DCN (seed {args.seed}, paired), evaluate, dump offsets')
+    results = {}
+    for variant in (REFERENCE, PROJECTED_FROM):
+        if args.retrain:
+            shutil.rmtree(ablation.run_dir(variant, args.seed), ignore_errors=True)
+        results[variant] = ablation.train_row(ROWS[variant], args.seed, data['out_dir'])
+    check_pairing({v: r['first_loss'] for v, r in results.items()})  # the same start, or no comparison
+    result, run_dir = results[PROJECTED_FROM], ablation.run_dir(PROJECTED_FROM, args.seed)
 
     step('4/5 figures')
     figure_dir = osp.join(work_dir, 'figures')
@@ -82,22 +100,36 @@ def main(argv=None) -> dict:
     print(f'wrote {len(figures)} figures to {figure_dir}')
 
     step('5/5 offset analysis')
-    with open(result['offset_report']) as f:
-        report = json.load(f)
+    report = ablation.offset_report(result, data['out_dir'])
     print(format_markdown(report))
 
     numbers = {**result['metrics'], **headline(report)}
+    baseline = results[REFERENCE]['metrics']
+    difference = {m: numbers[m] - baseline[m] for m in baseline}
+    interval = {} if args.quick else committed_interval()
     summary = {'seed': args.seed, 'checkpoint': result['checkpoint'], 'dump_dir': dump_dir,
                'figure_dir': figure_dir, 'num_figures': len(figures), 'report': result['offset_report'],
-               'numbers': numbers, 'minutes': round((time.time() - start) / 60, 1)}
+               'numbers': numbers, 'baseline': baseline, 'difference': difference,
+               'committed_interval': interval, 'minutes': round((time.time() - start) / 60, 1)}
     write_atomically(osp.join(work_dir, 'summary.json'), lambda f: json.dump(summary, f, indent=2), text=True)
 
     step('done')
     print(f"checkpoint   {result['checkpoint']}\noffset dumps {dump_dir}\nfigures      {figure_dir} "
           f"({len(figures)} files)\nanalysis     {result['offset_report']}\nsummary      "
           f"{osp.join(work_dir, 'summary.json')}")
-    print(f"\nseed {args.seed}; on the synthetic val set: bbox AP {fmt(numbers['bbox_mAP'])}, "
-          f"AP75 {fmt(numbers['bbox_mAP_75'])}, mean best IoU {fmt(numbers['bbox_mean_best_iou'])}")
+    print(f"\nseed {args.seed}, on the synthetic val set (paired: the same start and data order):")
+    for m, name in (('bbox_mAP', 'bbox AP'), ('bbox_mAP_75', 'AP75'), ('bbox_mean_best_iou', 'mean best IoU')):
+        print(f"  {name:14s} baseline {fmt(baseline[m])}  full DCN {fmt(numbers[m])}  "
+              f"difference {difference[m]:+.3f}")
+    if interval:
+        line = (f"  the committed table, seeds {interval['seeds']}: full DCN - baseline bbox AP "
+                f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}] "
+                f"(90 % t-interval, {interval['verdict']})")
+        if args.seed in interval['seeds']:
+            line += f"; seed {args.seed} there: {interval['differences'][interval['seeds'].index(args.seed)]:+.3f}"
+        print(line)
+    elif not args.quick:
+        print(f'  (no committed table at {COMMITTED_TABLE} to compare with)')
     print(f"in {numbers['layer']} ({numbers['num_images']} images):")
     print(f"  Spearman(sqrt box area, d_k radius at the box centre):    {fmt(numbers['dk_size_rho'])} "
           f"(p {fmt(numbers['dk_size_p'])}, {numbers['dk_size_count']} objects)")
@@ -105,9 +137,12 @@ def main(argv=None) -> dict:
           f"(sign test p {fmt(numbers['inward_df_p'])}) / {fmt(numbers['inward_df_background'])}")
     print(f"  effective dilation on objects / background (input px):   "
           f"{fmt(numbers['effective_dilation_objects'])} / {fmt(numbers['effective_dilation_background'])}")
-    print(f"layers (of {numbers['num_layers']}) where d_k grows with size / d_f points inward, after Holm: "
-          f"{numbers['layers_dk_grows_with_size']} / {numbers['layers_inward_df']}")
-    print(f"(spread over seeds: python tools/mini_ablation.py; this run {summary['minutes']} min)")
+    print(f"  negative-divergence mask IoU with the objects / its null:  {fmt(numbers['mask_iou'])} / "
+          f"{fmt(numbers['mask_null_iou'])} (p {fmt(numbers['mask_p'])})")
+    print(f"layers (of {numbers['num_layers']}) where d_k grows with size / d_f points inward / the mask beats "
+          f"its null, after Holm: {numbers['layers_dk_grows_with_size']} / {numbers['layers_inward_df']} / "
+          f"{numbers['layers_mask_beats_null']}")
+    print(f"(every row over seeds: python tools/mini_ablation.py)\nwall time {summary['minutes']} min")
     return summary
 
 

@@ -49,11 +49,9 @@ param_scheduler = [
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001),
-    clip_grad=dict(max_norm=10, norm_type=2),
-    # Offset predictors (DCN and DK `conv_offset`) learn 30x faster, so that a schedule of a few
-    # hundred iterations moves them by pixels (fixed before the runs: docs/results/PLAN.md).
-    # A no-op for the baseline, which has no conv_offset.
-    paramwise_cfg=dict(custom_keys={'conv_offset': dict(lr_mult=30.0)}))
+    # Offset predictors learn at the rate their COCO twins use: DCN's at the network's rate (mmdet's
+    # default), Deformable Kernels' at 0.01x (set in its config); docs/results/PLAN.md, "Confirmation".
+    clip_grad=dict(max_norm=10, norm_type=2))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
 default_hooks = dict(

@@ -6,3 +6,5 @@ model = dict(
         dcn=dict(type='DeformableKernel', mode='local', scope=4, fallback_on_stride=False),
         stage_with_dcn=(False, True, True, True)))
 custom_hooks = [dict(type='OffsetStatsHook', interval=50)]
+# as configs/deformable_kernels/: the kernel-offset predictors learn at 1/100 of the network's rate
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'conv2.conv_offset': dict(lr_mult=0.01)}))

@@ -11,7 +11,7 @@ import numpy as np
 
 from .annotations import SIZE_CLASSES
 from .measures import BOX_COLUMNS, REGIONS, AnalysisSettings, LayerImageMeasures
-from .statistics import Moments, mean_with_error, permutation_spearman, sign_test, spearman
+from .statistics import Moments, mean_with_error, permutation_spearman, sign_test, spearman, swapped_region_iou
 
 LAYER_KEYS = ('type', 'variant', 'kernel_size', 'dilation', 'stride', 'input_stride', 'output_stride',
               'deform_groups')
@@ -30,10 +30,10 @@ def _ratio(num: float, den: float) -> Optional[float]:
     return float(num / den) if den > 0 else None
 
 
-def _per_object(values: np.ndarray) -> dict:
-    """mean ± standard error, median and the sign test of per-object values."""
+def _per_object(values: np.ndarray, tie: float = 0.0) -> dict:
+    """mean ± standard error, median and the sign test (``|v| <= tie`` are ties) of per-object values."""
     return {**mean_with_error(values), 'median': float(np.median(values)) if values.size else None,
-            'sign_test': sign_test(values)}
+            'sign_test': sign_test(values, tie)}
 
 
 class LayerAnalysis:
@@ -56,6 +56,7 @@ class LayerAnalysis:
         self.pixels = {'intersection': 0, 'predicted': 0, 'truth': 0}
         self.mask_sources = set()
         self._rows = {name: [] for name in BOX_COLUMNS}
+        self._regions = []  # per image: (placement, packed region, valid, on_objects, truth)
 
     def add(self, measures: LayerImageMeasures) -> None:
         self.num_images += 1
@@ -72,6 +73,12 @@ class LayerAnalysis:
         self.mask_sources.update(measures.mask_source.split('+'))
         for name in BOX_COLUMNS:
             self._rows[name].append(np.asarray(measures.boxes[name]))
+        region = measures.region
+        if region is not None:  # kept small: a bit and two 16-bit counts per cell
+            counts = np.uint16 if max(region.valid.max(initial=0), region.on_objects.max(initial=0)) < 2 ** 16 \
+                else np.int64
+            self._regions.append((region.placement, np.packbits(region.negative), region.negative.size,
+                                  region.valid.astype(counts), region.on_objects.astype(counts), region.truth))
 
     @property
     def boxes(self) -> Dict[str, np.ndarray]:
@@ -100,8 +107,19 @@ class LayerAnalysis:
                 'iou': _ratio(px['intersection'], union), 'precision': _ratio(px['intersection'], px['predicted']),
                 'recall': _ratio(px['intersection'], px['truth']), 'pixels': dict(px, union=union),
                 'ground_truth': '+'.join(sorted(self.mask_sources - {'none'})) or 'none',
-                'num_images': self.num_images},
+                'num_images': self.num_images, 'null': self._region_null()},
         }
+
+    def _region_null(self) -> dict:
+        """The negative-divergence mask's IoU against each region scored on another image's objects."""
+        regions = self._regions
+        placements = {}
+        strata = [placements.setdefault(r[0], len(placements)) for r in regions]
+        negative = [np.unpackbits(r[1], count=r[2]).astype(bool) for r in regions]
+        return {'what': "each image's region scored on another image's objects (derangements among images "
+                        'of the same placement)',
+                **swapped_region_iou(negative, [r[3] for r in regions], [r[4] for r in regions],
+                                     [r[5] for r in regions], strata, self.settings.permutations, self.settings.seed)}
 
     def _extent(self, boxes) -> dict:
         size, cells = boxes['sqrt_area_network'], boxes['cells']
@@ -112,7 +130,9 @@ class LayerAnalysis:
             'num_objects': int(size.size),
             'cells': Moments.of(cells).summary(),
             'centre': {**centre, 'scipy_p_value': spearman(size, boxes['radius_centre'])['p_value'],
-                       'radius': Moments.of(boxes['radius_centre']).summary()},
+                       'radius': Moments.of(boxes['radius_centre']).summary(),
+                       # kernels folded over at the box centre have radius 0 (Fig. 3 draws no circle)
+                       'folded_share': float((boxes['radius_centre'] <= 0).mean()) if size.size else None},
             **{f'box_{stat}': {**permutation_spearman(size, boxes[f'radius_{stat}'], strata=cells, **permute),
                                'scipy_p_value': spearman(size, boxes[f'radius_{stat}'])['p_value'],
                                'radius': Moments.of(boxes[f'radius_{stat}']).summary()}
@@ -128,8 +148,10 @@ class LayerAnalysis:
             has = eligible & (boxes[f'{part}_cells'] > 0)
             values, classes = boxes[f'{part}_df'][has], boxes['size_class'][has]
             out['objects' if part == 'inward' else 'background'] = {
-                **_per_object(values), 'cells': int(boxes[f'{part}_cells'][has].sum()),
-                'by_size': {name: _per_object(values[classes == k]) for k, name in enumerate(SIZE_CLASSES)}}
+                **_per_object(values, self.settings.inward_tie), 'cells': int(boxes[f'{part}_cells'][has].sum()),
+                'by_size': {name: _per_object(values[classes == k], self.settings.inward_tie)
+                            for k, name in enumerate(SIZE_CLASSES)}}
         both = eligible & (boxes['inward_cells'] > 0) & (boxes['background_cells'] > 0)
-        out['objects_minus_background'] = _per_object(boxes['inward_df'][both] - boxes['background_df'][both])
+        out['objects_minus_background'] = _per_object(boxes['inward_df'][both] - boxes['background_df'][both],
+                                                      self.settings.inward_tie)
         return out

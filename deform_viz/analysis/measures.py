@@ -26,10 +26,11 @@ Definitions (units as in the report's ``units``):
 * **Divergence** of d_f, dimensionless (see :attr:`~.fields.LayerOffsets.divergence`).
 * **Negative-divergence mask**: cells with mean divergence below ``div_threshold`` painted at
   image resolution (nearest cell), counted against the union of the object masks; pixels only in
-  crowd regions are left out.
+  crowd regions are left out. Its null scores each image's region against the objects of another
+  image with the same placement (:func:`~.statistics.swapped_region_iou`).
 """
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class AnalysisSettings:
     remove_global_shift: bool = True
     background_ring: float = 0.5
     div_threshold: float = 0.0
+    inward_tie: float = 1e-3  # input px: a smaller mean inward d_f of an object is a tie in the sign test
     permutations: int = 999
     seed: int = 0
 
@@ -69,6 +71,8 @@ class AnalysisSettings:
             raise ValueError(f'background_ring must be positive, got {self.background_ring}')
         if self.permutations < 1:
             raise ValueError(f'permutations must be at least 1, got {self.permutations}')
+        if not self.inward_tie >= 0:
+            raise ValueError(f'inward_tie must be non-negative, got {self.inward_tie}')
 
     def as_dict(self) -> dict:
         return dict(asdict(self), size_thresholds=list(self.size_thresholds))
@@ -105,7 +109,8 @@ class LayerImageMeasures:
     'background' -> Moments (dimensionless); shift: the image's mean d_f (dy, dx) in input px;
     boxes: :data:`BOX_COLUMNS` -> (N,) per object whose centre lies on the grid; pixels: counts
     of the negative-divergence mask ('intersection', 'predicted', 'truth'); mask_source: what
-    the object cells came from ('masks', 'boxes', 'masks+boxes', 'none').
+    the object cells came from ('masks', 'boxes', 'masks+boxes', 'none'); region: the mask per
+    cell, for the null that scores it against other images' objects.
     """
     dilation: Dict[str, Moments]
     divergence: Dict[str, Moments]
@@ -113,6 +118,20 @@ class LayerImageMeasures:
     boxes: Dict[str, np.ndarray]
     pixels: Dict[str, int]
     mask_source: str
+    region: Optional['RegionCells'] = None
+
+
+@dataclass(frozen=True)
+class RegionCells:
+    """The negative-divergence region of one layer on one image, per output cell (H * W,):
+    ``negative`` (bool), the ``valid`` and ``on_objects`` pixel counts each cell paints, and the
+    image's object pixels (``truth``). ``placement`` (hashable) says where the cells sit on the
+    image: two images' regions are scored against each other's objects only when it is equal."""
+    placement: object
+    negative: np.ndarray
+    valid: np.ndarray
+    on_objects: np.ndarray
+    truth: int
 
 
 def measure_layer(layer: LayerOffsets, objects: Union[ImageObjects, ImageTruth],
@@ -140,8 +159,10 @@ def measure_layer(layer: LayerOffsets, objects: Union[ImageObjects, ImageTruth],
     negative = (div.mean(0) < settings.div_threshold).ravel()
     pixels = {'intersection': int(on_objects[negative].sum()), 'predicted': int(valid[negative].sum()),
               'truth': truth.num_object_pixels}
+    region_cells = RegionCells(geom.placement, negative, valid, on_objects, truth.num_object_pixels)
     return LayerImageMeasures(dilation, divergence, (float(shift[0]), float(shift[1])),
-                              _box_rows(layer, objects, d_f, owner, classes, settings), pixels, objects.mask_source)
+                              _box_rows(layer, objects, d_f, owner, classes, settings), pixels, objects.mask_source,
+                              region_cells)
 
 
 def _box_rows(layer: LayerOffsets, objects: ImageObjects, d_f: np.ndarray, owner: np.ndarray,

@@ -15,6 +15,9 @@ from .statistics import holm
 
 #: significance level of the across-layer counts (after Holm's correction)
 ALPHA = 0.05
+#: the report's format and rules; a stored report of another version is out of date (2: sign-test
+#: ties below ``AnalysisSettings.inward_tie``, folded share at box centres, the mask's null)
+REPORT_VERSION = 2
 
 
 class DumpMeasurer:
@@ -114,6 +117,7 @@ def analyze_offsets(dump: str, ann_file: str, layers: Optional[Sequence[str]] = 
             analyses[name].add(measures)
     results = {name: analysis.result() for name, analysis in analyses.items()}
     report = {
+        'version': REPORT_VERSION,
         'dump': os.path.abspath(dump),
         'ann_file': os.path.abspath(ann_file),
         'num_images': len(files),
@@ -130,11 +134,13 @@ def analyze_offsets(dump: str, ann_file: str, layers: Optional[Sequence[str]] = 
 
 def across_layers(results: Dict[str, dict]) -> dict:
     """How many layers support or contradict each claim, one-sided p-values Holm-corrected over
-    the layers: d_k extent grows with size (box-centre statistic) and d_f points inwards."""
+    the layers: d_k extent grows with size (box-centre statistic), d_f points inwards, and the
+    negative-divergence mask overlaps the objects more than its null (the segmentation finding)."""
     tests = {
         'dk_radius_grows_with_size': [r['extent_vs_size']['centre'] for r in results.values()],
         'inward_df': [r['inward_df']['objects']['sign_test'] for r in results.values()],
         'inward_df_background': [r['inward_df']['background']['sign_test'] for r in results.values()],
+        'negative_divergence_segments': [r['negative_divergence_mask']['null'] for r in results.values()],
     }
     out = {'correction': f'Holm over the {len(results)} layers, alpha {ALPHA}', 'num_layers': len(results)}
     for claim, per_layer in tests.items():
@@ -154,7 +160,9 @@ def headline(report: dict, layer: Optional[str] = None) -> dict:
     ``inward_df_p`` (one-sided sign test), ``inward_df_count``, the same four with
     ``inward_df_background_`` for the background control; ``effective_dilation_objects`` /
     ``_background`` (input px); ``num_layers``, ``layers_dk_grows_with_size`` and
-    ``layers_inward_df``: layers supporting each claim after Holm's correction.
+    ``layers_inward_df``: layers supporting each claim after Holm's correction; ``mask_iou``,
+    ``mask_null_iou``, ``mask_p``: the negative-divergence mask's IoU with the objects, its null's
+    mean and one-sided p; ``layers_mask_beats_null`` (Holm).
     """
     if not report['layers']:
         raise ValueError('the report has no layers')
@@ -174,7 +182,11 @@ def headline(report: dict, layer: Optional[str] = None) -> dict:
             'effective_dilation_background': r['effective_dilation']['background']['mean'],
             'num_layers': across['num_layers'],
             'layers_dk_grows_with_size': across['dk_radius_grows_with_size']['supporting'],
-            'layers_inward_df': across['inward_df']['supporting']}
+            'layers_inward_df': across['inward_df']['supporting'],
+            'mask_iou': r['negative_divergence_mask']['iou'],
+            'mask_null_iou': r['negative_divergence_mask']['null']['null_mean'],
+            'mask_p': r['negative_divergence_mask']['null']['p_greater'],
+            'layers_mask_beats_null': across['negative_divergence_segments']['supporting']}
 
 
 # ---------------------------------------------------------------------- markdown
@@ -203,6 +215,12 @@ def _rho(test: dict) -> str:
 
 def _num(v, digits=3) -> str:
     return 'n/a' if v is None else f'{v:.{digits}f}'
+
+
+def _null(null: Optional[dict]) -> str:
+    if not null or null.get('null_mean') is None:
+        return 'n/a'
+    return f'{_num(null["null_mean"])} / {_num(null["null_p95"])} ({_p(null["p_greater"])})'
 
 
 def _count(n: int, word: str) -> str:
@@ -264,22 +282,27 @@ def format_markdown(report: dict) -> str:
     out += ['', '## Divergence of d_f', '',
             f'Dimensionless (d_f in input-map pixels differentiated over input-map pixels); mean ± std over '
             f'locations, counted in brackets. Mask: cells with divergence < '
-            f'{report["settings"]["div_threshold"]:g} against the objects, pooled over pixels.', '',
-            '| layer | in boxes | background | negative-divergence mask IoU / precision / recall |',
-            '|---|---|---|---|']
+            f'{report["settings"]["div_threshold"]:g} against the objects, pooled over pixels; its null scores '
+            f'each image\'s mask on another image\'s objects (mean and 95th percentile, one-sided p).', '',
+            '| layer | in boxes | background | negative-divergence mask IoU / precision / recall | '
+            'null IoU mean / p95 (p) |',
+            '|---|---|---|---|---|']
     for name, r in layers.items():
         div, mask = r['divergence'], r['negative_divergence_mask']
         out.append(f'| {name} | {_ms(div["objects"], 3)} ({div["objects"]["count"]}) | '
                    f'{_ms(div["background"], 3)} ({div["background"]["count"]}) | '
                    f'{_num(mask["iou"])} / {_num(mask["precision"])} / {_num(mask["recall"])} '
-                   f'(vs {mask["ground_truth"]}) |')
+                   f'(vs {mask["ground_truth"]}) | {_null(mask.get("null"))} |')
 
     across = report['across_layers']
     out += ['', f'Across layers ({across["correction"]}): d_k radius grows with size in '
                 f'{across["dk_radius_grows_with_size"]["supporting"]} layers (shrinks in '
                 f'{across["dk_radius_grows_with_size"]["contradicting"]}); d_f points inwards in '
                 f'{across["inward_df"]["supporting"]} (outwards in {across["inward_df"]["contradicting"]}), '
-                f'on the background control in {across["inward_df_background"]["supporting"]}.']
+                f'on the background control in {across["inward_df_background"]["supporting"]}; the '
+                f'negative-divergence mask beats its null in '
+                f'{across["negative_divergence_segments"]["supporting"]} (below it in '
+                f'{across["negative_divergence_segments"]["contradicting"]}).']
     if report.get('figures'):
         out += ['', 'Figures: ' + ', '.join(report['figures'])]
     return '\n'.join(out) + '\n'

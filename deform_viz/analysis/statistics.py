@@ -119,20 +119,23 @@ def permutation_spearman(x, y, strata=None, permutations: int = 999, seed: int =
                 p_greater=p_greater, p_less=p_less)
 
 
-def sign_test(values) -> Dict[str, Optional[float]]:
-    """Exact binomial sign test of the median against 0 (zeros dropped).
+def sign_test(values, tie: float = 0.0) -> Dict[str, Optional[float]]:
+    """Exact binomial sign test of the median against 0; values with ``|v| <= tie`` are ties, dropped
+    (``tie`` > 0 keeps values that are zero up to rounding from counting as signs).
 
-    Returns ``count`` (non-zero values), ``positive``, ``fraction_positive``, ``p_value``
-    (two-sided), ``p_greater`` (H1: more positive) and ``p_less``.
+    Returns ``count`` (values that are not ties), ``ties``, ``positive``, ``fraction_positive``,
+    ``p_value`` (two-sided), ``p_greater`` (H1: more positive) and ``p_less``.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
-    positive, negative = int((values > 0).sum()), int((values < 0).sum())
+    positive, negative = int((values > tie).sum()), int((values < -tie).sum())
     n = positive + negative
+    ties = int(values.size - n)
     if n == 0:
-        return {'count': 0, 'positive': 0, 'fraction_positive': None, 'p_value': None, 'p_greater': None,
-                'p_less': None}
+        return {'count': 0, 'ties': ties, 'positive': 0, 'fraction_positive': None, 'p_value': None,
+                'p_greater': None, 'p_less': None}
     test = lambda alternative: float(stats.binomtest(positive, n, 0.5, alternative=alternative).pvalue)  # noqa: E731
-    return {'count': n, 'positive': positive, 'fraction_positive': positive / n, 'p_value': test('two-sided'),
+    return {'count': n, 'ties': ties, 'positive': positive, 'fraction_positive': positive / n,
+            'p_value': test('two-sided'),
             'p_greater': test('greater'), 'p_less': test('less')}
 
 
@@ -145,3 +148,87 @@ def holm(p_values: Sequence[Optional[float]]) -> list:
         running = max(running, min(1.0, (len(tested) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def random_derangements(strata, permutations: int, rng: np.random.Generator) -> np.ndarray:
+    """``permutations`` random maps of the items onto each other, (permutations, n) indices: within
+    each stratum (one label per item) a derangement drawn uniformly (no item keeps its place); an
+    item alone in its stratum keeps its place."""
+    _, inverse = np.unique(np.asarray(strata), return_inverse=True)
+    maps = np.tile(np.arange(inverse.size), (permutations, 1))
+    for label in np.unique(inverse):
+        members = np.flatnonzero(inverse == label)
+        if members.size < 2:
+            continue
+        for k in range(permutations):
+            while True:  # rejection: about e draws per derangement
+                order = rng.permutation(members.size)
+                if not (order == np.arange(members.size)).any():
+                    break
+            maps[k, members] = members[order]
+    return maps
+
+
+def swapped_region_iou(negative: Sequence[np.ndarray], valid: Sequence[np.ndarray],
+                       on_objects: Sequence[np.ndarray], truth: Sequence[int], strata,
+                       permutations: int = 999, seed: int = 0) -> Dict[str, Optional[float]]:
+    """The pooled IoU of per-image regions with the images' objects, against the null of each
+    region scored on another image's objects.
+
+    Args:
+        negative: per image, the region as a bool vector over its cells, (C_i,).
+        valid, on_objects: per image, the valid and object pixels each cell paints, (C_i,).
+        truth: per image, its object pixels.
+        strata: per image a label; a region is moved only onto images of the same label, whose
+            cells must be the same (same C_i, same placement on the image).
+
+    The null keeps every region (its size and layout) and every image's objects and breaks only
+    their pairing: ``permutations`` derangements within the strata, each giving a pooled IoU.
+    Returns ``iou``, ``null_mean``, ``null_p95``, ``p_greater`` / ``p_less`` (one-sided, each
+    ``(1 + hits) / (1 + permutations)``), ``exchangeable`` (images that can be moved) and
+    ``permutations``; the null entries are None when no image can be moved or nothing is predicted.
+    """
+    n = len(negative)
+    if not (len(valid) == len(on_objects) == len(truth) == n == len(strata)):
+        raise ValueError('negative, valid, on_objects, truth and strata need one entry per image')
+    inter = sum(float(o[r].sum()) for r, o in zip(negative, on_objects))
+    predicted = sum(float(v[r].sum()) for r, v in zip(negative, valid))
+    total = float(sum(truth))
+    union = predicted + total - inter
+    out = {'iou': inter / union if union > 0 else None, 'null_mean': None, 'null_p95': None,
+           'p_greater': None, 'p_less': None, 'permutations': permutations, 'exchangeable': 0}
+    labels = np.unique(np.asarray(strata), return_inverse=True)[1] if n else np.zeros(0, np.int64)
+    counts = np.bincount(labels) if n else np.zeros(0, np.int64)
+    out['exchangeable'] = int((counts[labels] > 1).sum()) if n else 0
+    if out['iou'] is None or not out['exchangeable']:
+        return out
+    # pairwise scores within each stratum: row i's region on column j's objects
+    inter_pairs, predicted_pairs = {}, {}
+    for label in np.flatnonzero(counts > 1):
+        members = np.flatnonzero(labels == label)
+        shapes = {negative[i].shape for i in members}
+        if len(shapes) != 1:
+            raise ValueError(f'images of one stratum have regions of different sizes {sorted(shapes)}')
+        regions = np.stack([negative[i] for i in members]).astype(np.float64)
+        inter_pairs[label] = regions @ np.stack([on_objects[i] for i in members]).astype(np.float64).T
+        predicted_pairs[label] = regions @ np.stack([valid[i] for i in members]).astype(np.float64).T
+    maps = random_derangements(labels, permutations, np.random.default_rng(seed))
+    null_inter = np.zeros(permutations)
+    null_predicted = np.zeros(permutations)
+    fixed = counts[labels] == 1
+    null_inter += sum(float(on_objects[i][negative[i]].sum()) for i in np.flatnonzero(fixed))
+    null_predicted += sum(float(valid[i][negative[i]].sum()) for i in np.flatnonzero(fixed))
+    for label, pairs in inter_pairs.items():
+        members = np.flatnonzero(labels == label)
+        position = np.full(n, -1)
+        position[members] = np.arange(members.size)
+        targets = position[maps[:, members]]                             # (permutations, m)
+        rows = np.arange(members.size)
+        null_inter += pairs[rows, targets].sum(1)
+        null_predicted += predicted_pairs[label][rows, targets].sum(1)
+    null = null_inter / np.maximum(null_predicted + total - null_inter, 1e-12)
+    tol = 1e-12
+    out.update(null_mean=float(null.mean()), null_p95=float(np.quantile(null, 0.95)),
+               p_greater=float((1 + (null >= out['iou'] - tol).sum()) / (1 + permutations)),
+               p_less=float((1 + (null <= out['iou'] + tol).sum()) / (1 + permutations)))
+    return out

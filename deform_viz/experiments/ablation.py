@@ -9,19 +9,20 @@ and a directory made with other settings is refused. The analysis is fixed in
 import os
 import os.path as osp
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.runner import find_latest_checkpoint
 
 from ..analysis import analyze_offsets, headline
+from ..analysis.report import REPORT_VERSION
 from ..datasets import make_synthetic_coco
 from ..engine import evaluate, load_config, set_schedule, train, use_synthetic_data
 from ..pretraining import PRESETS, pretrain_backbone, selected_preset
 from ..variants import LABELS, projected_variant
-from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size
-from .paired import check_pairing
+from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size, claim_region_segments
+from .paired import PairingError, check_pairing
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
 from .records import check_recorded, read_json, write_json
 from .report import headline_spread, markdown_table, paired_report, plot_paired, spread_table
@@ -62,8 +63,13 @@ METRICS = ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou')
 MASK_METRICS = ('segm_mAP', 'segm_mAP_75')  # beside METRICS with --detector mask
 METRIC_NAMES = {'bbox_mAP': 'AP', 'bbox_mAP_75': 'AP75', 'bbox_mean_best_iou': 'mean best IoU',
                 'segm_mAP': 'mask AP', 'segm_mAP_75': 'mask AP75'}
-# settings added after runs were first recorded, with the value the runs made before had
-ADDED_SETTINGS = {'detector': 'faster', 'offset_lr_mult': None}
+# settings added after runs were first recorded, with the value the runs made before had (runs
+# recorded without their offset learning rates were trained with configs of another protocol)
+ADDED_SETTINGS = {'detector': 'faster', 'offset_lr_mult': None, 'offset_lr': None}
+# the confirmatory table of docs/results/PLAN.md: seeds no earlier run used, per detector
+DEFAULT_SEEDS = {'faster': [3, 4, 5, 6, 7], 'mask': [3, 4, 5]}
+DEFAULT_ROWS = {'faster': ['baseline', 'dcn-df', 'dcn-dk', 'dcn', 'dkernel-local-s4'],
+                'mask': ['baseline', 'dcn-df', 'dcn-dk', 'dcn']}
 HEADLINE_NAMES = {  # the numbers tools/demo.py prints, as analysis.headline names them
     'dk_size_rho': 'Spearman(sqrt box area, d_k radius at the box centre)',
     'dk_size_p': 'its permutation p',
@@ -75,14 +81,17 @@ HEADLINE_NAMES = {  # the numbers tools/demo.py prints, as analysis.headline nam
     'effective_dilation_background': 'effective dilation on background (input px)',
     'layers_dk_grows_with_size': 'layers where d_k grows with size (Holm)',
     'layers_inward_df': 'layers with inward d_f (Holm)',
+    'mask_iou': 'negative-divergence mask IoU with the objects',
+    'mask_null_iou': 'its null (masks of other images)',
+    'layers_mask_beats_null': 'layers whose mask beats its null (Holm)',
 }
 
 
 @dataclass
 class AblationSettings:
     """Everything a run depends on; stored in each run directory and compared on reuse."""
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    rows: List[str] = field(default_factory=lambda: [r.variant for r in TRAINED_ROWS[:4]])
+    seeds: Optional[List[int]] = None  # None: DEFAULT_SEEDS of the detector
+    rows: Optional[List[str]] = None  # None: DEFAULT_ROWS of the detector
     iters: Optional[int] = None  # None: the configs' schedule
     num_train: int = 2000
     num_val: int = 200
@@ -95,6 +104,8 @@ class AblationSettings:
     def __post_init__(self):
         if self.detector not in DETECTORS:
             raise ValueError(f'unknown detector {self.detector!r}; choose from {list(DETECTORS)}')
+        self.seeds = list(DEFAULT_SEEDS[self.detector] if self.seeds is None else self.seeds)
+        self.rows = list(DEFAULT_ROWS[self.detector] if self.rows is None else self.rows)
         if not self.work_dir:
             self.work_dir = 'work_dirs/mini_ablation' + ('' if self.detector == 'faster' else f'-{self.detector}')
         unknown = [r for r in self.rows if r not in ROWS]
@@ -133,9 +144,15 @@ def row_config(row: Row, settings: AblationSettings, seed: int, data_root: str, 
     if settings.iters is not None:
         set_schedule(cfg, settings.iters)
     if settings.offset_lr_mult is not None:  # the static control's frozen weights stay frozen
-        cfg.optim_wrapper.paramwise_cfg.custom_keys['conv_offset'] = dict(lr_mult=settings.offset_lr_mult)
+        paramwise = cfg.optim_wrapper.setdefault('paramwise_cfg', {})
+        paramwise.setdefault('custom_keys', {})['conv_offset'] = dict(lr_mult=settings.offset_lr_mult)
     cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='PairedStartHook', seed=seed)]
     return cfg
+
+
+def offset_learning_rates(cfg: Config) -> Dict[str, dict]:
+    """The ``paramwise_cfg.custom_keys`` of ``cfg`` (how fast its offset predictors learn)."""
+    return {k: dict(v) for k, v in sorted(cfg.optim_wrapper.get('paramwise_cfg', {}).get('custom_keys', {}).items())}
 
 
 def _metrics(raw: dict, metrics: Tuple[str, ...]) -> Dict[str, float]:
@@ -170,13 +187,14 @@ class Ablation:
     def train_row(self, row: Row, seed: int, data_root: str) -> dict:
         """Train (or reuse) one row for one seed, evaluate it, and return its result record."""
         run_dir = self.run_dir(row.variant, seed)
-        check_recorded(run_dir, self.settings.run_key(), runs='a run', added=ADDED_SETTINGS)
+        cfg = row_config(row, self.settings, seed, data_root, run_dir)
+        key = {**self.settings.run_key(), 'offset_lr': offset_learning_rates(cfg)}
+        check_recorded(run_dir, key, runs='a run', added=ADDED_SETTINGS)
         result_file = osp.join(run_dir, 'result.json')
         result = read_json(result_file)
         if result is not None:
             return result
         self.log(f'\n=== {LABELS.get(row.variant, row.variant)}, seed {seed} ===')
-        cfg = row_config(row, self.settings, seed, data_root, run_dir)
         start = time.time()
         latest = find_latest_checkpoint(run_dir)
         if latest is None:  # a new run starts from the paired weights, an interrupted one resumes
@@ -192,11 +210,20 @@ class Ablation:
                   'first_loss': read_first_loss(run_dir), 'metrics': _metrics(raw, self.settings.metrics),
                   'train_minutes': round(train_minutes, 2)}
         if dumps is not None:  # the offsets of the full DCN, for claims 2 and 3
-            report = analyze_offsets(dumps, osp.join(data_root, 'annotations', 'instances_val.json'))
             result['offset_report'] = osp.join(run_dir, 'offset_report.json')
-            write_json(result['offset_report'], report)
+            self.offset_report(result, data_root)
         write_json(result_file, result)
         return result
+
+    def offset_report(self, result: dict, data_root: str) -> dict:
+        """The offset analysis of a full-DCN run's dumps: the stored one, or made again when it was
+        written by another version of the analysis (the dumps stay in the run directory)."""
+        report = read_json(result['offset_report'])
+        if report is None or report.get('version') != REPORT_VERSION:
+            dumps = osp.join(osp.dirname(result['offset_report']), 'offsets')
+            report = analyze_offsets(dumps, osp.join(data_root, 'annotations', 'instances_val.json'))
+            write_json(result['offset_report'], report)
+        return report
 
     def project_row(self, trained: dict, variant: str, component: str, data_root: str) -> dict:
         """Evaluate a trained full DCN with its offsets projected to ``component``."""
@@ -226,33 +253,48 @@ class Ablation:
         data = self.make_data()
         rows = [ROWS[v] for v in ROWS if v in s.rows]  # table order
         values = {m: {} for m in s.metrics}
-        pairing, offset_reports, trained_minutes = {}, {}, []
+        pairing, left_out, offset_reports, trained_minutes = {}, {}, {}, []
         for seed in s.seeds:
             results = [self.train_row(row, seed, data['out_dir']) for row in rows]
             trained_minutes += [r['train_minutes'] for r in results]
             first = {r['variant']: r['first_loss'] for r in results}
-            check_pairing(first)
             pairing[seed] = first
+            try:
+                check_pairing(first)
+            except PairingError as e:  # the plan: the seed leaves every comparison, the others go on
+                left_out[seed] = str(e)
+                self.log(f'seed {seed} is left out: {e}')
+                continue
             for r in results:
                 for m in s.metrics:
                     values[m].setdefault(r['variant'], {})[seed] = r['metrics'][m]
                 if r['variant'] == PROJECTED_FROM:
-                    offset_reports[seed] = read_json(r['offset_report'])
+                    offset_reports[seed] = self.offset_report(r, data['out_dir'])
                     for variant, component in PROJECTIONS:
                         p = self.project_row(r, variant, component, data['out_dir'])
                         for m in s.metrics:
                             values[m].setdefault(variant, {})[seed] = p['metrics'][m]
         order = [r.variant for r in rows] + [v for v, _ in PROJECTIONS if PROJECTED_FROM in s.rows]
-        report = paired_report(values, order, REFERENCE)
-        claims = {'d_k carries the gain': claim_dk_carries_the_gain(values['bbox_mAP']),
-                  'd_f converges': claim_df_converges(offset_reports),
-                  'd_k tracks size': claim_dk_tracks_size(offset_reports)}
+        report = paired_report(values, order, REFERENCE) if len(left_out) < len(s.seeds) else {}
+        claims = self.claims(values, offset_reports) if report else {}
         headlines = {seed: headline(r) for seed, r in offset_reports.items()}
         return {'settings': asdict(s), 'rows': order, 'metrics': report, 'pairing': pairing,
-                'claims': claims, 'offset_headlines': headlines,
+                'left_out_seeds': left_out, 'claims': claims, 'offset_headlines': headlines,
                 'offset_headline_spread': headline_spread(headlines) if headlines else {},
                 'train_minutes': round(sum(trained_minutes), 1),
                 'minutes': round((time.time() - start) / 60, 1)}
+
+
+    def claims(self, values: dict, offset_reports: dict) -> dict:
+        """Claim 1 in bbox AP (and segm AP for Mask R-CNN); claims 2, 3 and the segmentation finding
+        from the full DCN's offset reports."""
+        claims = {'d_k carries the gain': claim_dk_carries_the_gain(values['bbox_mAP'])}
+        if 'segm_mAP' in values:
+            claims['d_k carries the gain (segm AP)'] = claim_dk_carries_the_gain(values['segm_mAP'])
+        claims.update({'d_f converges': claim_df_converges(offset_reports),
+                       'd_k tracks size': claim_dk_tracks_size(offset_reports),
+                       'negative divergence segments objects': claim_region_segments(offset_reports)})
+        return claims
 
 
 def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
@@ -270,8 +312,10 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
         table += (f'\n\nOffset statistics of the full DCN in {layer} (the demo\'s numbers), over seeds:\n\n'
                   + spread_table(result['offset_headline_spread'], HEADLINE_NAMES))
     claims = '\n'.join(f"- {claim}: **{verdict['verdict']}**" for claim, verdict in result['claims'].items())
+    left_out = ''.join(f'\n\nSeed {seed} is left out of every comparison: {why}'
+                       for seed, why in result.get('left_out_seeds', {}).items())
     with open(paths['markdown'], 'w') as f:
-        f.write(f'{table}\n\nClaims (rules of docs/results/PLAN.md):\n\n{claims}\n')
+        f.write(f'{table}{left_out}\n\nClaims (rules of docs/results/PLAN.md):\n\n{claims}\n')
     s = result['settings']
     detector = {'faster': 'Faster', 'mask': 'Mask'}[s.get('detector', 'faster')]
     plot_paired(result['metrics'], result['rows'], LABELS, metrics, METRIC_NAMES, paths['plot'],

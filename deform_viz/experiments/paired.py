@@ -31,8 +31,16 @@ class PairedDifference:
     p_value: float  # two-sided paired t-test of mean difference 0 (nan below two seeds)
 
     @property
+    def zero_width(self) -> bool:
+        """Every seed gave the same difference: the interval has no spread to test against."""
+        return bool(self.low == self.high)
+
+    @property
     def verdict(self) -> str:
-        """'higher' / 'lower' when the interval excludes 0, else 'unresolved'."""
+        """'higher' / 'lower' when the interval excludes 0, else 'unresolved' (also for an interval
+        of zero width, whatever its mean: docs/results/PLAN.md, "Confirmation")."""
+        if self.zero_width:
+            return 'unresolved'
         if self.low > 0:
             return 'higher'
         if self.high < 0:
@@ -45,7 +53,7 @@ class PairedDifference:
         return max(abs(self.low), abs(self.high))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), 'verdict': self.verdict, 'bound': self.bound}
+        return {**asdict(self), 'verdict': self.verdict, 'bound': self.bound, 'zero_width': self.zero_width}
 
 
 def paired_difference(values: Mapping[str, Mapping[int, float]], row: str, reference: str,

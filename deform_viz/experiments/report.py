@@ -50,6 +50,7 @@ def markdown_table(report: Mapping[str, dict], rows: Sequence[str], labels: Mapp
             cells.append(f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}")
             d = entry.get('vs_reference')
             deltas.append('(reference)' if d is None else
+                          f"{d['mean']:+.3f} [zero width]" if d.get('zero_width') else
                           f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
         lines.append('| ' + ' | '.join(cells + deltas) + ' |')
     return '\n'.join(lines)

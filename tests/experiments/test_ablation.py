@@ -5,9 +5,10 @@ import os.path as osp
 import pytest
 import torch
 
-from deform_viz.experiments import PairingError
-from deform_viz.experiments.ablation import (ADDED_SETTINGS, ROWS, Ablation, AblationSettings, row_config,
-                                             write_outputs)
+from mmengine.config import Config
+
+from deform_viz.experiments.ablation import (ADDED_SETTINGS, REPO, ROWS, Ablation, AblationSettings,
+                                             offset_learning_rates, row_config, write_outputs)
 from deform_viz.experiments.pairing import build_initialised_model
 from deform_viz.experiments.records import check_recorded
 
@@ -53,14 +54,21 @@ def test_paired_rows_projections_claims_and_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_unpaired_row_is_refused(tmp_path):
-    Ablation(settings(tmp_path, rows=['baseline'])).run()
-    ablation = Ablation(settings(tmp_path))
-    # the full DCN starts from seed 1's initial weights instead of the baseline's (seed 0)
-    baseline = row_config(ROWS['baseline'], ablation.settings, 1, str(tmp_path / 'data'), str(tmp_path / 'x'))
+def test_a_seed_whose_pairing_fails_is_left_out_and_named(tmp_path):
+    s = settings(tmp_path, seeds=[0, 1])
+    ablation = Ablation(s, log=lambda message: None)
+    # seed 0's full DCN starts from seed 1's initial weights instead of the baseline's
+    baseline = row_config(ROWS['baseline'], s, 1, s.data_root, str(tmp_path / 'x'))
+    Ablation(settings(tmp_path, seeds=[0], rows=['baseline'])).run()  # seed 0's baseline, paired weights
     ablation._reference_state[0] = build_initialised_model(baseline, seed=1).state_dict()
-    with pytest.raises(PairingError, match="'baseline' and 'dcn' are not paired"):
-        ablation.run()
+    result = ablation.run()
+    assert list(result['left_out_seeds']) == [0]
+    assert "'baseline' and 'dcn' are not paired" in result['left_out_seeds'][0]
+    for metric in result['metrics'].values():  # seed 1 goes on alone
+        assert all(list(entry['per_seed']) == [1] for entry in metric.values())
+    assert list(result['claims']['d_k tracks size']['per_seed']) == [1]
+    markdown = open(write_outputs(result, str(tmp_path / 'out'), 'cmd')['markdown']).read()
+    assert 'Seed 0 is left out of every comparison' in markdown
 
 
 def test_settings_are_checked_before_work(tmp_path):
@@ -103,29 +111,60 @@ def test_mask_rcnn_rows_report_mask_ap(tmp_path):
     assert result['rows'] == ['baseline', 'dcn', 'dcn@test-df', 'dcn@test-dk']
     for metric in ('segm_mAP', 'segm_mAP_75', 'bbox_mAP'):
         assert set(result['metrics'][metric]) == set(result['rows'])
+    assert result['claims']['d_k carries the gain (segm AP)'] == {'verdict': 'not run',
+                                                                  'needs': ['baseline', 'dcn-df', 'dcn-dk']}
     paths = write_outputs(result, str(tmp_path / 'out'), 'python tools/mini_ablation.py --detector mask')
     assert 'mask AP (mean ± std)' in open(paths['markdown']).read()
 
 
 def test_runs_recorded_before_the_detector_setting_count_as_faster_rcnn(tmp_path):
-    key = AblationSettings(detector='faster').run_key()
+    key = {**AblationSettings(detector='faster').run_key(), 'offset_lr': {}}
     run_dir = tmp_path / 'run'
     run_dir.mkdir()
     (run_dir / 'settings.json').write_text(json.dumps({k: v for k, v in key.items() if k != 'detector'}))
     check_recorded(str(run_dir), key, runs='a run', added=ADDED_SETTINGS)  # accepted
+    mask = {**AblationSettings(detector='mask').run_key(), 'offset_lr': {}}
     with pytest.raises(ValueError, match=r'other settings \(detector\)'):
-        check_recorded(str(run_dir), AblationSettings(detector='mask').run_key(), runs='a run', added=ADDED_SETTINGS)
+        check_recorded(str(run_dir), mask, runs='a run', added=ADDED_SETTINGS)
     with pytest.raises(ValueError, match="unknown detector 'cascade'"):
         AblationSettings(detector='cascade')
     assert AblationSettings(detector='mask').work_dir == 'work_dirs/mini_ablation-mask'
 
 
 def test_offset_learning_rate_option(tmp_path):
-    s = settings(tmp_path, rows=['baseline', 'dcn-static'], offset_lr_mult=1.0)
+    s = settings(tmp_path, rows=['baseline', 'dcn-static'], offset_lr_mult=30.0)
     cfg = row_config(ROWS['dcn-static'], s, 0, s.data_root, str(tmp_path / 'x'))
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
-    assert keys == {'conv_offset': {'lr_mult': 1.0}, 'conv_offset.weight': {'lr_mult': 0.0, 'decay_mult': 0.0}}
-    default = row_config(ROWS['dcn'], settings(tmp_path), 0, s.data_root, str(tmp_path / 'x'))
-    assert default.optim_wrapper.paramwise_cfg.custom_keys == {'conv_offset': {'lr_mult': 30.0}}
+    assert keys == {'conv_offset': {'lr_mult': 30.0}, 'conv_offset.weight': {'lr_mult': 0.0, 'decay_mult': 0.0}}
     with pytest.raises(ValueError, match='offset_lr_mult must be positive'):
         settings(tmp_path, offset_lr_mult=0)
+
+
+def test_offsets_learn_at_the_rates_of_the_coco_configs(tmp_path):
+    """The confirmatory protocol: DCN offsets at the network's rate, DK kernel offsets at 0.01x."""
+    s = settings(tmp_path)
+    rates = {v: offset_learning_rates(row_config(ROWS[v], s, 0, s.data_root, str(tmp_path / 'x'))) for v in ROWS}
+    assert rates['baseline'] == rates['dcn'] == rates['dcn-df'] == rates['dcn-dk'] == {}
+    assert rates['dkernel-local-s4'] == {'conv2.conv_offset': {'lr_mult': 0.01}}
+    assert rates['dcn-static'] == {'conv_offset.weight': {'lr_mult': 0.0, 'decay_mult': 0.0}}
+    # and as the COCO config of the DK row says
+    coco = Config.fromfile(osp.join(REPO, 'configs', 'deformable_kernels',
+                                    'faster-rcnn_r50-dkernel-local-s4-c3-c5_fpn_2xb4-1x_coco.py'))
+    assert offset_learning_rates(coco) == rates['dkernel-local-s4']
+
+
+def test_a_run_recorded_without_its_offset_rates_is_refused(tmp_path):
+    """Runs of the earlier protocol (offsets at 30x, no rates recorded) are never reused."""
+    s = settings(tmp_path)
+    run_dir = tmp_path / 'abl' / 'dcn' / 'seed0'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'settings.json').write_text(json.dumps(s.run_key()))
+    with pytest.raises(ValueError, match=r'other settings \(offset_lr\)'):
+        Ablation(s).train_row(ROWS['dcn'], 0, s.data_root)
+
+
+def test_defaults_are_the_confirmatory_table():
+    faster, mask = AblationSettings(), AblationSettings(detector='mask')
+    assert faster.seeds == [3, 4, 5, 6, 7] and mask.seeds == [3, 4, 5]
+    assert faster.rows == ['baseline', 'dcn-df', 'dcn-dk', 'dcn', 'dkernel-local-s4']
+    assert mask.rows == ['baseline', 'dcn-df', 'dcn-dk', 'dcn']
