@@ -48,7 +48,8 @@ class DeformableKernel(nn.Module):
         deform_data: also learn DCN data offsets (``conv_data_offset``, mmcv DCN layout
             2*deform_groups*K*K channels).
         chunk_size: output locations per chunk of the local op (bounds memory); ``None`` picks
-            about 16 MB of columns per chunk.
+            about 16 MB of columns per chunk on CPU and one chunk per image where it fits on a
+            GPU (:func:`deform_viz.ops.deformable_kernel.cuda_chunk_size`).
         grid: the rigid tap grid in the scope: ``'centred'`` (default; the official DK code's
             unit-spaced taps centred in the scope, S = 4, K = 3: 0.5, 1.5, 2.5) or ``'spread'``
             (taps spread evenly over the scope: 0, 1.5, 3); see

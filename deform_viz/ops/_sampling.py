@@ -55,7 +55,9 @@ def bilinear_taps(offset: Tensor, mask: Optional[Tensor], in_size, kernel_size, 
     pw = w + 2  # padded width
     image = torch.arange(n, device=dev)[:, None, None, None, None] * (h + 2)
     first = ((image + y0.long() + 1) * pw + x0.long() + 1) * groups + torch.arange(groups, device=dev)
-    corners = torch.tensor([0, 1, pw, pw + 1], device=dev) * groups
+    # [0, 1, pw, pw + 1] built on the device: torch.tensor(list) would be a blocking host-to-device copy
+    step = torch.arange(2, device=dev)
+    corners = (step[:, None] * pw + step).flatten() * groups
     return (first[..., None] + corners).reshape(-1, 4), weights.reshape(-1, 4)
 
 

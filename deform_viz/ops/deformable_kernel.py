@@ -33,7 +33,7 @@ from .deform_conv import deform_sample
 from .kernel_sampling import check_scope, kernel_sampling_corners, resample_kernel
 from .utils import Pair, conv_output_size, geometry_tensor, to_pair, value_tensors
 
-__all__ = ['deformable_kernel_local', 'deformable_kernel_global', 'default_chunk_size']
+__all__ = ['deformable_kernel_local', 'deformable_kernel_global', 'default_chunk_size', 'cuda_chunk_size']
 
 
 class DKGeometry:
@@ -86,9 +86,33 @@ class DKGeometry:
 
 
 def default_chunk_size(in_channels: int, kernel_size: Pair, scope: Pair) -> int:
-    """Output locations per chunk of local DK: about 4 M column values (16 MB in float32)."""
+    """Output locations per chunk of local DK on CPU: about 4 M column values (16 MB in float32)."""
     (kh, kw), (sh, sw) = to_pair(kernel_size, 'kernel_size'), to_pair(scope, 'scope')
     return max(64, (1 << 22) // (in_channels * (kh * kw + sh * sw)))
+
+
+#: Share of a GPU's memory that one chunk of local DK may take (columns, scope-space columns,
+#: their gradients and the chunk's sampling geometry).
+CUDA_CHUNK_MEMORY_SHARE = 1 / 32
+
+
+def cuda_chunk_size(in_channels: int, kernel_size: Pair, scope: Pair, locations: int, element_size: int,
+                    deform_groups: int = 0, total_memory: int = 0) -> int:
+    """Output locations per chunk of local DK on a GPU: one chunk per image where it fits in
+    :data:`CUDA_CHUNK_MEMORY_SHARE` of the device's memory.
+
+    Every chunk costs several kernel launches (CPU-sized chunks made a c3 layer at 800x1333 about
+    120 chunks an image), so on a GPU chunks only bound memory. ``locations``: Ho*Wo of one
+    image; ``deform_groups``: D of DCN + DK's data offsets, 0 without them; ``total_memory``:
+    the device's, in bytes.
+    """
+    (kh, kw), (sh, sw) = to_pair(kernel_size, 'kernel_size'), to_pair(scope, 'scope')
+    taps = kh * kw
+    # U and V, kept and rebuilt in backward with their gradients; DCN + DK adds the (M, 4) int64
+    # index, float32 weights and the float32 positions behind them, with their autograd graph
+    per_location = 4 * in_channels * (taps + sh * sw) * element_size + deform_groups * taps * 256
+    budget = int(total_memory * CUDA_CHUNK_MEMORY_SHARE)
+    return max(1, min(locations, budget // per_location))
 
 
 def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
@@ -109,7 +133,8 @@ def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
             DCN + DK (DK paper Eq. 11); the rigid columns are then replaced by bilinear samples
             at the deformed positions (mmcv's convention, as ``deform_sample``), chunk by chunk.
         chunk_size: output locations processed at once (memory bound); default
-            :func:`default_chunk_size`.
+            :func:`default_chunk_size` on CPU, :func:`cuda_chunk_size` (one chunk per image
+            where it fits) on a GPU.
         grid: the rigid tap grid in the scope, ``'centred'`` (official DK) or ``'spread'``
             (:mod:`deform_viz.ops.kernel_sampling`).
 
@@ -126,7 +151,12 @@ def deformable_kernel_local(x: Tensor, weight: Tensor, kernel_offset: Tensor,
         kernel_offset.reshape(n, taps, 2, geom.out_h * geom.out_w).permute(0, 3, 1, 2),
         geom.kernel, geom.scope, grid)  # (N, L, KK, 4) each
     bags = ScopeBags(cells, geom.scope[0] * geom.scope[1])
-    if chunk_size is None:
+    if chunk_size is None and x.is_cuda:
+        deform_groups = 0 if data_offset is None else data_offset.shape[1] // (2 * taps)
+        chunk_size = cuda_chunk_size(geom.in_c, geom.kernel, geom.scope, geom.out_h * geom.out_w,
+                                     x.element_size(), deform_groups,
+                                     torch.cuda.get_device_properties(x.device).total_memory)
+    elif chunk_size is None:
         chunk_size = default_chunk_size(geom.in_c, geom.kernel, geom.scope)
     out = LocalDK.apply(x, weight, bags.sort(corner_weights), geometry_tensor(data_offset), bags,
                         geom, int(chunk_size))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from ops.helpers import AUTOCAST, AUTOCAST_RTOL, LAYOUTS, needs_cuda, relative_error, relayout
 
+from deform_viz.ops import deformable_kernel as dk_ops
 from deform_viz.ops import deformable_kernel_global, deformable_kernel_local
 
 DT = torch.float64
@@ -448,6 +449,71 @@ def test_cuda_matches_cpu(op, local, deform_data):
     cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=DT).cuda()
     for name, a, b in zip(inputs, torch.autograd.grad(out_cuda, list(cuda.values()), cot), expected):
         torch.testing.assert_close(a.cpu(), b, msg=lambda m: f'grad {name}: {m}')
+
+
+# ----------------------------------------------------------------------------- chunks per device
+C3_AT_800X1333 = dict(in_channels=128, kernel_size=3, scope=4, locations=100 * 168)
+
+
+@pytest.fixture
+def chunk_sizes(monkeypatch):
+    """The chunk_size every LocalDK call gets, in order."""
+    sizes = []
+    real = dk_ops.LocalDK
+
+    class Recording:
+        @staticmethod
+        def apply(*args):
+            sizes.append(args[-1])
+            return real.apply(*args)
+
+    monkeypatch.setattr(dk_ops, 'LocalDK', Recording)
+    return sizes
+
+
+@pytest.mark.parametrize('deform_data', [False, True], ids=['local', 'dcn-local'])
+def test_cpu_keeps_cache_sized_chunks(chunk_sizes, deform_data):
+    """On CPU the default chunk is default_chunk_size's, whatever the device's memory."""
+    inputs = make_op_inputs(True, deform_data)
+    deformable_kernel_local(**inputs, **DCN_CONV)
+    assert chunk_sizes == [dk_ops.default_chunk_size(4, 3, 4)]
+
+
+def test_cuda_chunks_are_whole_images_where_they_fit():
+    """c3 of an 800x1333 image: CPU-sized chunks are 7 rows (15 chunks a pass per image); on
+    any GPU of 16 GB or more a float16 image is one chunk, on smaller ones the chunks shrink to
+    fit and never below one location."""
+    assert dk_ops.default_chunk_size(128, 3, 4) // 168 == 7
+    gib = 2 ** 30
+    for memory, deform_groups in ((16 * gib, 0), (141 * gib, 0), (16 * gib, 1)):
+        assert dk_ops.cuda_chunk_size(**C3_AT_800X1333, element_size=2, deform_groups=deform_groups,
+                                      total_memory=memory) == 100 * 168
+    small = dk_ops.cuda_chunk_size(**C3_AT_800X1333, element_size=4, total_memory=4 * gib)
+    assert 168 <= small < 100 * 168
+    assert dk_ops.cuda_chunk_size(**C3_AT_800X1333, element_size=4, total_memory=1) == 1
+
+
+@needs_cuda
+@pytest.mark.parametrize('deform_data', [False, True], ids=['local', 'dcn-local'])
+def test_cuda_local_dk_never_waits_for_the_device(chunk_sizes, deform_data):
+    """Forward and backward of local DK (and DCN + DK) on a c3-sized map with no host-device
+    synchronisation at all (a blocking copy or a read of a device value raises), one chunk per
+    image."""
+    gen = torch.Generator().manual_seed(3)
+    n, c, h, w = 2, 128, 100, 168
+    x = torch.randn(n, c, h, w, generator=gen).cuda().requires_grad_()
+    weight = (torch.randn(c, c, 4, 4, generator=gen) * 0.02).cuda().requires_grad_()
+    kernel = (torch.rand(n, 18, h, w, generator=gen) - 0.5).cuda().requires_grad_()
+    data = (torch.rand(n, 18, h, w, generator=gen) * 2 - 1).cuda().requires_grad_() if deform_data else None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        out = deformable_kernel_local(x, weight, kernel, 3, 1, 1, data_offset=data)
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert chunk_sizes == [h * w]
+    assert torch.isfinite(x.grad).all() and torch.isfinite(kernel.grad).all()
 
 
 X, OFFSETS = torch.zeros(1, 4, 6, 6), torch.zeros(1, 18, 6, 6)
