@@ -35,3 +35,26 @@ def check_dependencies() -> None:
         raise DependencyError(
             f'mmcv is installed without its compiled ops ({e}); deform-viz needs the full mmcv '
             f'(MMCV_WITH_OPS=1), not mmcv-lite. {FIX}') from e
+    check_cuda_ops()
+
+
+def check_cuda_ops() -> None:
+    """A GPU that torch can use needs mmcv's CUDA ops: without them every detector stops at its
+    first RoIAlign or NMS on the GPU, after the model is built and the data loaded.
+
+    Cheap and fork-safe: ``torch.cuda.is_available`` creates no CUDA context.
+    """
+    import torch
+    from mmcv.ops import get_compiling_cuda_version
+
+    from ._cuda_build import cpu_requested, driver_gpus
+    if not torch.cuda.is_available() or cpu_requested() or get_compiling_cuda_version() != 'not available':
+        return
+    import mmcv
+    gpus = ', '.join(driver_gpus()) or 'a CUDA GPU'
+    raise DependencyError(
+        f'torch sees {gpus} but mmcv {mmcv.__version__} was built with CPU-only ops: every detector would '
+        f'stop at its first RoIAlign or NMS on cuda:0 ("implementation for device cuda:0 not found"). '
+        f'Rebuild on this machine: `DEFORM_VIZ_CUDA=1 bash tools/bootstrap.sh` (elsewhere: with '
+        f'TORCH_CUDA_ARCH_LIST naming its architecture). To run on the CPU on purpose, hide the GPUs: '
+        f'CUDA_VISIBLE_DEVICES=')

@@ -1,4 +1,5 @@
 """Import-time behaviour: registration and dependency errors that say what to run."""
+import os
 import subprocess
 import sys
 
@@ -24,6 +25,26 @@ def test_mmcv_without_ops_fails_with_the_fix():
     assert result.returncode != 0
     assert 'mmcv is installed without its compiled ops' in result.stderr
     assert 'bash tools/bootstrap.sh' in result.stderr
+
+
+@pytest.mark.parametrize('hidden', [False, True], ids=['gpu', 'gpus-hidden'])
+def test_cpu_only_mmcv_ops_on_a_gpu_machine_fail_at_import(hidden):
+    """This venv's mmcv has CPU-only ops; torch made to report a GPU. Hiding the GPUs on purpose
+    (CUDA_VISIBLE_DEVICES=) is the way to run on CPU there."""
+    code = "import torch; torch.cuda.is_available = lambda: True; import deform_viz"
+    env = dict(os.environ)
+    env.pop('CUDA_VISIBLE_DEVICES', None)
+    if hidden:
+        env['CUDA_VISIBLE_DEVICES'] = ''
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    if hidden:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode != 0
+    assert ('but mmcv 2.1.0 was built with CPU-only ops: every detector would stop at its first RoIAlign'
+            in result.stderr)
+    assert 'DEFORM_VIZ_CUDA=1 bash tools/bootstrap.sh' in result.stderr
+    assert 'CUDA_VISIBLE_DEVICES=' in result.stderr
 
 
 def _resnet_cfg(**backbone):

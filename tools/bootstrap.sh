@@ -5,8 +5,15 @@
 # Environment knobs:
 #   DEFORM_VIZ_TORCH       torch requirement         (default: torch==2.13.0)
 #   DEFORM_VIZ_TORCH_INDEX extra index for torch, e.g. https://download.pytorch.org/whl/cu121
+#   DEFORM_VIZ_CUDA        1: mmcv with CUDA ops, 0: CPU-only ops (default: CUDA when this machine
+#                          has a GPU or TORCH_CUDA_ARCH_LIST names architectures)
+#   TORCH_CUDA_ARCH_LIST   GPU architectures to build for, e.g. "8.0;9.0" (default: this machine's)
+#   MAX_JOBS               compiler jobs             (default: one per core, as many as memory holds)
 #   DEFORM_VIZ_CACHE       wheel cache               (default: ~/.cache/deform-viz)
 #   PYTHON                 interpreter for the venv  (default: python3.11, else python3)
+#
+# The CUDA choice, its checks (a CUDA build of torch, an nvcc of torch's CUDA major version) and the
+# check of the installed ops (a tiny DCN, RoIAlign and NMS on the GPU) are deform_viz/_cuda_build.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -28,8 +35,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 
-# Everything the stamp depends on: if none of it changed, there is nothing to do.
-stamp_key=$( { echo "$torch_req ${DEFORM_VIZ_TORCH_INDEX:-}"; cat setup.cfg pyproject.toml tools/bootstrap.sh; } | sha256sum | cut -c1-16)
+# Everything the stamp depends on: if none of it changed, there is nothing to do. The GPUs the
+# driver reports are part of it, so a venv built on a node without a GPU is rebuilt on one with.
+gpus=$( { cat /proc/driver/nvidia/gpus/*/information 2>/dev/null | grep -i '^model' || true; \
+          ls /dev 2>/dev/null | grep -E '^nvidia[0-9]+$' || true; } | tr '\n' ' ')
+stamp_key=$( { echo "$torch_req ${DEFORM_VIZ_TORCH_INDEX:-} cuda=${DEFORM_VIZ_CUDA:-} arch=${TORCH_CUDA_ARCH_LIST:-}"
+               echo "gpus=$gpus"; cat setup.cfg pyproject.toml tools/bootstrap.sh deform_viz/_cuda_build.py; } \
+             | sha256sum | cut -c1-16)
 stamp="$venv/.deform-viz-$stamp_key"
 if [[ -f "$stamp" ]]; then
     exit 0
@@ -43,15 +55,18 @@ index_args=()
 [[ -n "${DEFORM_VIZ_TORCH_INDEX:-}" ]] && index_args=(--extra-index-url "$DEFORM_VIZ_TORCH_INDEX")
 "${pip[@]}" install "${index_args[@]}" "$torch_req" 'numpy<2'
 
-read -r torch_version cuda_tag < <("$venv/bin/python" - <<'PY'
-import torch
-cuda = torch.version.cuda
-print(torch.__version__.split('+')[0], f"cu{cuda.replace('.', '')}" if cuda and torch.cuda.is_available() else 'cpu')
-PY
-)
+torch_version=$("$venv/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+# CUDA ops or not, stated: "want_cuda tag arch_list max_jobs reason", or an error naming the fix
+plan=$("$venv/bin/python" -I deform_viz/_cuda_build.py plan) || exit 1
+read -r want_cuda cuda_tag arch_list max_jobs reason <<<"$plan"
+log "$reason"
 wheel_dir="$cache/mmcv-2.1.0/torch$torch_version-$cuda_tag"
 if ! compgen -G "$wheel_dir/mmcv-2.1.0-*.whl" >/dev/null; then
-    log "building mmcv 2.1.0 with ops for torch $torch_version ($cuda_tag); this takes ~16 min on 2 cores"
+    if [[ $want_cuda == 1 ]]; then
+        log "building mmcv 2.1.0 with CUDA ops for torch $torch_version ($cuda_tag), $max_jobs jobs"
+    else
+        log "building mmcv 2.1.0 with CPU ops for torch $torch_version, $max_jobs jobs; this takes ~16 min on 2 cores"
+    fi
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     "${pip[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$build" mmcv==2.1.0
@@ -62,9 +77,10 @@ if ! compgen -G "$wheel_dir/mmcv-2.1.0-*.whl" >/dev/null; then
         log "torch >= 2.14: compiling mmcv with -std=c++20"
         sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-2.1.0/setup.py"
     fi
-    force_cuda=0; [[ $cuda_tag != cpu ]] && force_cuda=1
-    MMCV_WITH_OPS=1 FORCE_CUDA=$force_cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-        "${pip[@]}" wheel --no-build-isolation --no-deps -w "$build/dist" "$build/mmcv-2.1.0"
+    # mmcv's setup.py builds CUDA ops whenever torch sees a GPU: hide it for a CPU-only build
+    build_env=(MMCV_WITH_OPS=1 FORCE_CUDA="$want_cuda" MAX_JOBS="$max_jobs")
+    if [[ $want_cuda == 1 ]]; then build_env+=(TORCH_CUDA_ARCH_LIST="$arch_list"); else build_env+=(CUDA_VISIBLE_DEVICES=); fi
+    env "${build_env[@]}" "${pip[@]}" wheel --no-build-isolation --no-deps -w "$build/dist" "$build/mmcv-2.1.0"
     mkdir -p "$wheel_dir"
     # Copy then rename, so a killed build never leaves a half-written wheel in the cache.
     whl=$(basename "$build"/dist/mmcv-2.1.0-*.whl)
@@ -73,8 +89,14 @@ else
     log "reusing cached mmcv wheel from $wheel_dir"
 fi
 "${pip[@]}" install "$wheel_dir"/mmcv-2.1.0-*.whl
+# the same version may be installed with the other kind of ops: replace it
+"${pip[@]}" install --force-reinstall --no-deps "$wheel_dir"/mmcv-2.1.0-*.whl
 "${pip[@]}" install -e "$repo[tests]"
-"$venv/bin/python" -c "import deform_viz" || { log "import deform_viz failed after install"; exit 1; }
+# CPU-only ops on a machine with a GPU (DEFORM_VIZ_CUDA=0) are checked as they will be run: GPUs hidden
+check_env=(); [[ $want_cuda == 0 ]] && check_env=(CUDA_VISIBLE_DEVICES=)
+env "${check_env[@]}" "$venv/bin/python" -I deform_viz/_cuda_build.py verify "$want_cuda" "$wheel_dir" \
+    || { log "refusing this venv: its mmcv does not work as planned (no stamp written)"; exit 1; }
+env "${check_env[@]}" "$venv/bin/python" -c "import deform_viz" || { log "import deform_viz failed after install"; exit 1; }
 rm -f "$venv"/.deform-viz-*
-touch "$stamp"
+echo "$plan" >"$stamp"
 log "ready: $venv"
