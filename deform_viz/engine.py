@@ -10,17 +10,21 @@ experiments and the tests call them with edited :class:`~mmengine.config.Config`
     train(cfg)
     metrics = evaluate(cfg, 'work_dirs/dcn/iter_8.pth', dump_offsets='work_dirs/dcn/offsets')
 """
+import logging
 import os.path as osp
+import warnings
 from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import Runner
 
+from ._cuda_build import cpu_requested, driver_gpus
 from .checkpoint_check import DeformableCheckpointGuard
 from .config_check import check_config
 
@@ -186,6 +190,7 @@ def build_runner(cfg: Config) -> Runner:
     if cfg.get('visualizer') and cfg.visualizer.get('name') == 'visualizer':
         cfg.visualizer.pop('name')
     if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
+        check_cpu_fallback('--launcher pytorch', 'each process trains on the CPU, the ranks talk over gloo')
         _prepare_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         from mmdet.registry import RUNNERS
@@ -251,8 +256,36 @@ def use_amp(cfg: Config) -> Config:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     else:
+        check_cpu_fallback('--amp', 'the backbone trains under bfloat16 autocast on the CPU (CPUAmpOptimWrapper), '
+                           'not float16 on a GPU')
         cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
     return cfg
+
+
+class CPUFallbackWarning(UserWarning):
+    """A GPU setting (``--launcher pytorch``, ``--amp``) runs on the CPU because torch sees no GPU."""
+
+
+def check_cpu_fallback(option: str, consequence: str) -> None:
+    """Before ``option`` falls back to the CPU: refuse on a machine whose driver reports GPUs that
+    torch cannot use (a CPU-only torch, a driver too old for it), unless the GPUs were hidden on
+    purpose (``CUDA_VISIBLE_DEVICES=``); warn loudly otherwise."""
+    gpus = driver_gpus()
+    if gpus and not cpu_requested():
+        raise RuntimeError(
+            f'{option}: this machine has {len(gpus)} GPU(s) ({", ".join(sorted(set(gpus)))}) but torch '
+            f'{torch.__version__} cannot use CUDA ({_why_no_cuda()}), so {consequence}. Fix the CUDA setup '
+            f'(python tools/check_gpu.py says what is missing), or run on the CPU on purpose with '
+            f'CUDA_VISIBLE_DEVICES=')
+    message = f'{option} without a GPU that torch can use: {consequence}'
+    warnings.warn(message, CPUFallbackWarning, stacklevel=3)
+    print_log(message, logger='current', level=logging.WARNING)
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return 'it is a CPU-only build'
+    return f'built for CUDA {torch.version.cuda}; is the driver older than that?'
 
 
 def train(cfg: Config, *, amp: bool = False, auto_scale_lr: bool = False,

@@ -11,6 +11,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from conftest import CPU_CONFIG_DIR, REPO, synthetic_config
+from deform_viz import engine
 from deform_viz.checkpoint_check import CheckpointMismatchError, DeformableCheckpointGuard
 from deform_viz.engine import (build_runner, evaluate, load_config, set_image_scale, set_schedule, train,
                                use_amp, use_synthetic_data)
@@ -79,11 +80,53 @@ def test_set_schedule_errors():
         set_schedule(cfg, 8)
 
 
-def test_use_amp_on_a_cpu_only_machine():
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """torch sees no GPU; returns a setter for the GPUs the driver reports (none at first)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    gpus = []
+    monkeypatch.setattr(engine, 'driver_gpus', lambda: list(gpus))
+    return lambda *names: gpus.extend(names)
+
+
+def test_use_amp_picks_the_wrapper_of_the_device():
+    cfg = use_amp(Config.fromfile(DF_CONFIG))
     if torch.cuda.is_available():
-        assert use_amp(Config.fromfile(DF_CONFIG)).optim_wrapper.type == 'AmpOptimWrapper'
+        assert (cfg.optim_wrapper.type, cfg.optim_wrapper.loss_scale) == ('AmpOptimWrapper', 'dynamic')
     else:
+        assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+
+
+def test_amp_without_cuda_says_it_runs_bfloat16_on_cpu(no_cuda):
+    with pytest.warns(engine.CPUFallbackWarning, match='--amp without a GPU that torch can use: the backbone '
+                      r'trains under bfloat16 autocast on the CPU \(CPUAmpOptimWrapper\), not float16 on a GPU'):
         assert use_amp(Config.fromfile(DF_CONFIG)).optim_wrapper.type == 'CPUAmpOptimWrapper'
+
+
+def test_amp_is_refused_on_gpus_torch_cannot_use(no_cuda, monkeypatch):
+    no_cuda(*['NVIDIA H200'] * 8)
+    cfg = Config.fromfile(DF_CONFIG)
+    with pytest.raises(RuntimeError, match=r'--amp: this machine has 8 GPU\(s\) \(NVIDIA H200\) but torch .* cannot '
+                       r'use CUDA \(.*\), so the backbone trains under bfloat16 autocast on the CPU .* run on the CPU '
+                       r'on purpose with CUDA_VISIBLE_DEVICES='):
+        use_amp(cfg)
+    assert cfg.optim_wrapper.type == 'OptimWrapper'  # unchanged
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    with pytest.warns(engine.CPUFallbackWarning, match='--amp without a GPU'):
+        assert use_amp(cfg).optim_wrapper.type == 'CPUAmpOptimWrapper'
+
+
+def test_launcher_pytorch_is_refused_on_gpus_torch_cannot_use(no_cuda):
+    """Eight ranks on CPU over gloo on a GPU machine: refused before any process group starts."""
+    import torch.distributed as dist
+    no_cuda('NVIDIA A100-SXM4-80GB')
+    cfg = Config.fromfile(DF_CONFIG)
+    cfg.launcher = 'pytorch'
+    with pytest.raises(RuntimeError, match=r'--launcher pytorch: this machine has 1 GPU\(s\) \(NVIDIA A100-SXM4-80GB\)'
+                       r' .* so each process trains on the CPU, the ranks talk over gloo'):
+        build_runner(cfg)
+    assert not dist.is_initialized()
 
 
 def test_load_config_checks_the_backbone():
@@ -197,19 +240,24 @@ class RecordC5DtypeForTest(Hook):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('config', CPU_CONFIGS, ids=osp.basename)
-def test_amp_trains_every_variant_on_cpu(config, synthetic_data_root, tmp_path):
-    """``--amp`` on a CPU-only machine: one iteration with the backbone under bfloat16 autocast."""
+def test_amp_trains_every_variant(config, synthetic_data_root, tmp_path):
+    """``--amp``: one iteration with the backbone under bfloat16 autocast on a CPU-only machine,
+    under mmengine's float16 AmpOptimWrapper where torch sees a GPU (the runner moves the model
+    there)."""
     cfg = synthetic_config(config, synthetic_data_root, str(tmp_path / 'work'),
                            {'train_dataloader.dataset.indices': 2, 'train_dataloader.batch_size': 2})
     set_schedule(cfg, 1)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.custom_hooks = [dict(type='RecordC5DtypeForTest')]
     runner = train(cfg, amp=True)
-    assert type(runner.optim_wrapper).__name__ == 'CPUAmpOptimWrapper'
+    wrapper, dtype = ('AmpOptimWrapper', torch.float16) if torch.cuda.is_available() else \
+        ('CPUAmpOptimWrapper', torch.bfloat16)
+    assert type(runner.optim_wrapper).__name__ == wrapper
     (recorder,) = [h for h in runner.hooks if isinstance(h, RecordC5DtypeForTest)]
-    assert recorder.dtypes == [torch.bfloat16]  # one training forward, autocast
+    assert recorder.dtypes == [dtype]  # one training forward, autocast
     assert math.isfinite(runner.message_hub.get_scalar('train/loss').current())
     # autocast is attached to the backbone for the training step only
     assert not runner.model.backbone._forward_pre_hooks and not runner.model.backbone._forward_hooks
+    conv = runner.model.backbone.layer4[0].conv2
     with torch.no_grad():
-        assert runner.model.backbone.layer4[0].conv2(torch.zeros(1, 128, 4, 4)).dtype == torch.float32
+        assert conv(torch.zeros(1, 128, 4, 4, device=conv.weight.device)).dtype == torch.float32

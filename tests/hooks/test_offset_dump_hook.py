@@ -86,7 +86,7 @@ def check_against_layer(dump, captured, kinds):
         h, w = info['shape']
         kind = kinds[name] if isinstance(kinds, dict) else kinds
         if kind.startswith('dk'):
-            kernel = captured[(name, 'conv_offset')][0].numpy()
+            kernel = captured[(name, 'conv_offset')][0].cpu().numpy()
             if info['mode'] == 'global':
                 np.testing.assert_allclose(layer['kernel_offset'], kernel.reshape(taps, 2), **F16)
             else:
@@ -98,7 +98,7 @@ def check_against_layer(dump, captured, kinds):
         if packed is None:
             assert 'offset' not in layer.arrays
             continue
-        packed = packed[0, :, :h, :w].numpy()
+        packed = packed[0, :, :h, :w].cpu().numpy()
         if 'v2' in kind:
             o1, o2, logits = np.split(packed, 3)
             packed = np.concatenate([o1, o2])
@@ -335,7 +335,7 @@ def test_every_layer_type_is_dumped_as_computed(variant, tiny_checkpoint, tmp_pa
             predictor = getattr(module, part, None)
             if isinstance(predictor, torch.nn.Module):
                 for p in predictor.parameters():
-                    p.data = torch.randn(p.shape, generator=generator) * 0.05
+                    p.data = (torch.randn(p.shape, generator=generator) * 0.05).to(p.device)
     runner.test()
     dumps = list(iter_offset_dumps(dump_dir))
     assert len(dumps) == 1
@@ -363,7 +363,8 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
     config = str(tmp_path / 'config.py')
     eval_config(tiny_checkpoint, tmp_path, **{'test_dataloader.dataset.indices': 7,
                                               'test_dataloader.batch_size': 2}).dump(config)
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    # two ranks on one GPU cannot share NCCL: pinned to the CPU (gloo) on purpose, also on a GPU machine
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                osp.join(REPO, 'tools', 'test.py'),
                config, tiny_checkpoint.checkpoint,
@@ -376,6 +377,7 @@ def test_two_ranks_write_each_image_once(tiny_checkpoint, tmp_path):
     log = result.stdout + result.stderr
     assert 'wrote 7 offset dumps' in log
     assert '1 repeated images (sampler padding) were not written again' in log
+    assert '--launcher pytorch without a GPU that torch can use' in log  # said, not silent
     for dump in iter_offset_dumps(dump_dir):
         assert len(dump.layers) == 13
 
