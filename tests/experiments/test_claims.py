@@ -124,6 +124,8 @@ def test_claim_2_over_seeds():
 @pytest.mark.parametrize('counts, expected', [
     (dict(grows=7), 'reproduced'), (dict(grows=6), 'unresolved'), (dict(shrinks=7), 'contradicted'),
     (dict(grows=6, shrinks=6), 'unresolved'),
+    (dict(layers=12, grows=6), 'unresolved'),   # half is no majority
+    (dict(layers=12, grows=7), 'reproduced'),
 ])
 def test_claim_3_per_seed(counts, expected):
     verdict = claim_dk_tracks_size({0: report(folded=0.25, **counts)})
