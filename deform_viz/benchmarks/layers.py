@@ -50,6 +50,9 @@ CASES = {
     ('dcnv2', 'deform_viz'): dict(type='DecomposedDCN', modulated=True, backend='torch'),
     ('dcnv2-df', 'deform_viz'): dict(type='DFOnlyDCN', modulated=True, backend='torch'),
     ('dcnv2-dk', 'deform_viz'): dict(type='DKOnlyDCN', modulated=True, backend='torch'),
+    # what backend='auto' runs on CUDA: the projection, then mmcv's op
+    ('dcn-df', 'mmcv'): dict(type='DFOnlyDCN', backend='mmcv'),
+    ('dcn-dk', 'mmcv'): dict(type='DKOnlyDCN', backend='mmcv'),
     ('dkernel-local-s3', 'deform_viz'): dict(type='DeformableKernel', mode='local', scope=3),
     ('dkernel-local-s4', 'deform_viz'): dict(type='DeformableKernel', mode='local', scope=4),
     ('dkernel-global-s4', 'deform_viz'): dict(type='DeformableKernel', mode='global', scope=4),
@@ -241,22 +244,13 @@ def layer_table(rows, stages, image, batch=1, memory=True) -> str:
     return '\n'.join(lines)
 
 
-def benchmark_detector(cases, device='cpu', image=(800, 1333), batch=1, repeat=5, warmup=1) -> dict:
-    """{case: median train-step seconds of Faster R-CNN R-50-FPN with the case in c3-c5, or
-    'skipped'}; ``cases`` must hold :data:`CONV` and :data:`MMCV_DCN`."""
-    from mmdet.registry import MODELS
+def detector_batch(image=(800, 1333), batch=1, seed=0) -> dict:
+    """A train batch for mmdet's ``train_step``: ``batch`` random uint8 images of ``image`` (H, W),
+    eight random COCO boxes each."""
     from mmdet.structures import DetDataSample
-    from mmdet.utils import register_all_modules
-    from mmengine.hub import get_config
-    from mmengine.logging import MMLogger
-    from mmengine.optim import OptimWrapper
     from mmengine.structures import InstanceData
-    register_all_modules()
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-parameter init report
-    base = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
-    base.backbone.init_cfg = None
     h, w = image
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(batch):
         sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
@@ -266,8 +260,23 @@ def benchmark_detector(cases, device='cpu', image=(800, 1333), batch=1, repeat=5
         sample.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
                                            labels=torch.randint(0, 80, (8,), generator=gen))
         samples.append(sample)
-    data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-                        for _ in range(batch)], data_samples=samples)
+    return dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for _ in range(batch)],
+                data_samples=samples)
+
+
+def benchmark_detector(cases, device='cpu', image=(800, 1333), batch=1, repeat=5, warmup=1) -> dict:
+    """{case: median train-step seconds of Faster R-CNN R-50-FPN with the case in c3-c5, or
+    'skipped'}; ``cases`` must hold :data:`CONV` and :data:`MMCV_DCN`."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.hub import get_config
+    from mmengine.logging import MMLogger
+    from mmengine.optim import OptimWrapper
+    register_all_modules()
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-parameter init report
+    base = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').model
+    base.backbone.init_cfg = None
+    data = detector_batch(image, batch)
     rows, models = {}, {}
     for case in cases:
         cfg = copy.deepcopy(base)
