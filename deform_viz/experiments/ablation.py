@@ -25,7 +25,7 @@ from .claims import claim_df_converges, claim_dk_carries_the_gain, claim_dk_trac
 from .paired import PairingError, check_pairing
 from .pairing import build_initialised_model, read_first_loss, write_paired_init
 from .records import check_recorded, read_json, write_json
-from .report import headline_spread, markdown_table, paired_report, plot_paired, spread_table
+from .report import claims_markdown, headline_spread, markdown_table, paired_report, plot_paired, spread_table
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(REPO, 'configs', 'synthetic')
@@ -311,7 +311,7 @@ def write_outputs(result: dict, out_dir: str, command: str) -> Dict[str, str]:
         layer = next(iter(result['offset_headlines'].values()))['layer']
         table += (f'\n\nOffset statistics of the full DCN in {layer} (the demo\'s numbers), over seeds:\n\n'
                   + spread_table(result['offset_headline_spread'], HEADLINE_NAMES))
-    claims = '\n'.join(f"- {claim}: **{verdict['verdict']}**" for claim, verdict in result['claims'].items())
+    claims = claims_markdown(result['claims'])
     left_out = ''.join(f'\n\nSeed {seed} is left out of every comparison: {why}'
                        for seed, why in result.get('left_out_seeds', {}).items())
     with open(paths['markdown'], 'w') as f:

@@ -112,3 +112,30 @@ def spread_table(spread: Mapping[str, dict], names: Mapping[str, str]) -> str:
         per_seed = ', '.join(f'{seed}: {_fmt(v)}' for seed, v in s['per_seed'].items())
         lines.append(f"| {label} | {_fmt(s['mean'])} ± {_fmt(s['std'])} | {per_seed} |")
     return '\n'.join(lines)
+
+
+SIGNED = ('median_rho', 'objects_minus_background')  # per-seed numbers of the claims shown with their sign
+
+
+def _number(key: str, value) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        return f'{value:+.3f}' if key in SIGNED else f'{value:.3f}'
+    return str(value)
+
+
+def claims_markdown(claims: Mapping[str, dict]) -> str:
+    """One item per claim: its verdict, the paired differences it was decided on (claim 1) or its
+    per-seed numbers (the claims decided on offset reports)."""
+    lines = []
+    for claim, verdict in claims.items():
+        lines.append(f"- {claim}: **{verdict['verdict']}**")
+        for name, d in verdict.items():
+            if isinstance(d, dict) and 'mean' in d and 'low' in d:
+                lines.append(f"  - {name}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['verdict']}; "
+                             f"per seed {', '.join(f'{x:+.3f}' for x in d['differences'])})")
+        for seed, numbers in verdict.get('per_seed', {}).items():
+            details = ', '.join(f'{k.replace("_", " ")} {_number(k, v)}' for k, v in numbers.items() if k != 'verdict')
+            lines.append(f"  - seed {seed}: {numbers['verdict']} ({details})")
+    return '\n'.join(lines)

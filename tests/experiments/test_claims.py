@@ -4,6 +4,7 @@ import pytest
 from deform_viz.experiments import paired_difference
 from deform_viz.experiments.claims import (claim_df_converges, claim_dk_carries_the_gain, claim_dk_tracks_size,
                                            claim_region_segments, over_seeds)
+from deform_viz.experiments.report import claims_markdown
 
 
 def table(**rows):
@@ -156,3 +157,15 @@ def test_segmentation_finding_per_seed(counts, expected):
 def test_no_reports_no_verdict():
     for claim in (claim_df_converges, claim_dk_tracks_size, claim_region_segments):
         assert claim({}) == {'verdict': 'unresolved', 'per_seed': {}}
+
+
+def test_the_claims_in_markdown_give_their_numbers():
+    values = table(baseline=BASE, dcn_df=shifted([0.00, 0.01, 0.00]), dcn_dk=shifted([0.03, 0.04, 0.05]))
+    text = claims_markdown({'d_k carries the gain': claim_dk_carries_the_gain(values),
+                            'd_k tracks size': claim_dk_tracks_size({3: report(grows=9, rho=-0.25, folded=0.5)})})
+    assert text.splitlines() == [
+        '- d_k carries the gain: **reproduced**',
+        '  - dcn-dk - dcn-df: +0.037 [+0.017, +0.056] (higher; per seed +0.030, +0.030, +0.050)',
+        '  - dcn-dk - baseline: +0.040 [+0.023, +0.057] (higher; per seed +0.030, +0.040, +0.050)',
+        '- d_k tracks size: **reproduced**',
+        '  - seed 3: reproduced (layers 13, growing 9, shrinking 0, median rho -0.250, median folded share 0.500)']
