@@ -29,9 +29,10 @@ def test_mmcv_without_ops_fails_with_the_fix():
 
 @pytest.mark.parametrize('hidden', [False, True], ids=['gpu', 'gpus-hidden'])
 def test_cpu_only_mmcv_ops_on_a_gpu_machine_fail_at_import(hidden):
-    """This venv's mmcv has CPU-only ops; torch made to report a GPU. Hiding the GPUs on purpose
+    """mmcv made to report CPU-only ops, torch a GPU. Hiding the GPUs on purpose
     (CUDA_VISIBLE_DEVICES=) is the way to run on CPU there."""
-    code = "import torch; torch.cuda.is_available = lambda: True; import deform_viz"
+    code = ("import torch, mmcv.ops; torch.cuda.is_available = lambda: True; "
+            "mmcv.ops.get_compiling_cuda_version = lambda: 'not available'; import deform_viz")
     env = dict(os.environ)
     env.pop('CUDA_VISIBLE_DEVICES', None)
     if hidden:

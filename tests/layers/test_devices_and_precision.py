@@ -204,7 +204,7 @@ def test_float16_positions_cost_wide_maps_more_than_float16_values(variant):
 
 @needs_cuda
 @pytest.mark.parametrize('variant', ['dcn', 'dcn-df', 'dcnv2-dk'])
-def test_mmcv_path_samples_wide_maps_in_float32_under_autocast(variant):
+def test_cuda_mmcv_path_samples_wide_maps_in_float32_under_autocast(variant):
     """backend='auto' under float16 autocast on the wide map: the output is float16 and as close
     to float64 as float16 values allow, a quarter of what float16 positions would cost."""
     layer = build(variant, backend='auto')
