@@ -1,7 +1,7 @@
 """Measure what OffsetDumpHook costs: bytes per image at COCO resolution, and evaluation slowdown.
 
     python tools/benchmark_dump.py [--work-dir DIR] [--num-images 16] [--repeats 3]
-                                   [--checkpoint CKPT] [--skip-size] [--skip-speed]
+                                   [--checkpoint CKPT] [--skip-size] [--size-image 800 1333] [--skip-speed]
                                    [--skip-analysis] [--analysis-images 8] [--analysis-size 800 1333]
                                    [--workers 2]
 
@@ -28,6 +28,8 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=3, help='timed runs with and without hook')
     parser.add_argument('--checkpoint', help='weights for the speed run (default: untrained)')
     parser.add_argument('--skip-size', action='store_true')
+    parser.add_argument('--size-image', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
+                        help='size of the image of the size run (default 800 1333)')
     parser.add_argument('--skip-speed', action='store_true')
     parser.add_argument('--skip-analysis', action='store_true')
     parser.add_argument('--analysis-images', type=int, default=8, help='images dumped for the analysis run')
@@ -38,7 +40,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         work_dir = args.work_dir or tmp
         if not args.skip_size:
-            print(size_report(measure_size(work_dir)))
+            print(size_report(measure_size(work_dir, args.size_image)))
         if not args.skip_speed:
             print(speed_report(measure_speed(work_dir, args.num_images, args.repeats, args.checkpoint)))
         if not args.skip_analysis:

@@ -2,6 +2,7 @@
 
 1. Size (:func:`measure_size`): mmdet's own ``dcn/faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py``
    (ResNet-50, mmcv DCN in c3-c5; no pretrained weights) evaluates one generated 800x1333 image
+   (``image_size``)
    through mmengine's runner with three dump hooks at once (default components / all / d_f +
    divergence), float16.
 2. Speed (:func:`measure_speed`): the small CPU config evaluates a generated val set, alternating
@@ -41,6 +42,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SMALL_CONFIG = osp.join(REPO, 'configs', 'synthetic', 'faster-rcnn_r50-w16-dconv-c3-c5_fpn_synthetic.py')
 COCO_DCN_CONFIG = 'mmdet::dcn/faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py'
 PRESETS = ('default', 'all', 'derived')  # the three dump hooks of the size run
+COCO_SIZE = (800, 1333)   # (h, w) of the size run's image
 
 
 @HOOKS.register_module(force=True)
@@ -88,13 +90,15 @@ custom_hooks = {hooks}
     return cfg
 
 
-def measure_size(work_dir: str) -> dict:
+def measure_size(work_dir: str, image_size=COCO_SIZE) -> dict:
     """Seconds of the one-image evaluation; per preset its bytes, layers and components; per
-    stage (layer2-4) of the default dump its layers, last grid shape and stride."""
+    stage (layer2-4) of the default dump its layers, last grid shape and stride. ``image_size``:
+    (h, w) of the generated image, evaluated at that size (default COCO's test scale)."""
     data_root = osp.join(work_dir, 'coco_size_data')
-    make_synthetic_coco(data_root, num_train=1, num_val=1, image_size=(800, 1333), seed=0)
+    make_synthetic_coco(data_root, num_train=1, num_val=1, image_size=tuple(image_size), seed=0)
     dump_root = osp.join(work_dir, 'size_dumps')
-    cfg = coco_size_config(data_root, osp.join(work_dir, 'size_run'), dump_root)
+    cfg = set_image_scale(coco_size_config(data_root, osp.join(work_dir, 'size_run'), dump_root),
+                          (image_size[1], image_size[0]))
     runner = build_runner(cfg)
     start = time.perf_counter()
     runner.test()
@@ -110,11 +114,12 @@ def measure_size(work_dir: str) -> dict:
     for stage in ('layer2', 'layer3', 'layer4'):
         infos = [f.info for n, f in dump.layers.items() if f'.{stage}.' in f'.{n}']
         stages[stage] = dict(layers=len(infos), shape=infos[-1]['shape'], stride=infos[-1]['output_stride'])
-    return dict(seconds=seconds, presets=presets, stages=stages)
+    return dict(seconds=seconds, presets=presets, stages=stages, image_size=tuple(image_size))
 
 
 def size_report(result: dict) -> str:
-    lines = [f'\n== dump size: {COCO_DCN_CONFIG}, 800x1333 input, float16 '
+    h, w = result.get('image_size', COCO_SIZE)
+    lines = [f'\n== dump size: {COCO_DCN_CONFIG}, {h}x{w} input, float16 '
              f'(one image evaluated in {result["seconds"]:.1f} s)']
     for preset, p in result['presets'].items():
         size = p['bytes']
