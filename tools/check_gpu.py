@@ -33,10 +33,11 @@ def parse_args(argv=None):
 
 
 class Report:
-    """Markdown printed as it is made, kept for --out."""
+    """Markdown printed as it is made and, with --out, rewritten after every part (a run cut short
+    keeps what it measured)."""
 
-    def __init__(self):
-        self.parts, self.data = [], {}
+    def __init__(self, out=None):
+        self.parts, self.data, self.out = [], {}, out
 
     def add(self, title, text, key=None, value=None):
         part = f'## {title}\n\n{text}\n'
@@ -44,6 +45,7 @@ class Report:
         self.parts.append(part)
         if key is not None:
             self.data[key] = value
+        self.write(self.out)
 
     def write(self, out):
         if out:
@@ -64,7 +66,7 @@ def cannot_run(report, args, problems):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    report = Report()
+    report = Report(args.out)
     try:
         import deform_viz  # noqa: F401  checks the stack: refuses CPU-only mmcv ops while torch sees a GPU
     except ImportError as e:

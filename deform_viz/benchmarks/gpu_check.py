@@ -272,7 +272,8 @@ def detector_steps(names=None, image=(800, 1333), batch=2, steps=5, warmup=2, de
             model = MODELS.build(cfg.model).to(device)
             model.init_weights()
             wrapped = MMDistributedDataParallel(module=model, device_ids=[0] if cuda else None,
-                                                broadcast_buffers=False)
+                                                broadcast_buffers=False,
+                                                find_unused_parameters=cfg.get('find_unused_parameters', False))
             optim_cfg = cfg.optim_wrapper.copy()
             optim_cfg.type = 'AmpOptimWrapper' if cuda else 'CPUAmpOptimWrapper'
             if cuda:
