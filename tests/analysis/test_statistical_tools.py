@@ -29,13 +29,20 @@ def test_mean_with_error():
 def test_permutation_spearman_matches_scipy_and_the_exact_null():
     x = np.array([20.0, 40.0, 56.0, 100.0, 70.0])
     y = np.array([1.0, 2.0, 3.0, 5.0, 4.0])
-    result = permutation_spearman(x, y, permutations=4999, seed=1)
+    draws = 199999
+    result = permutation_spearman(x, y, permutations=draws, seed=1)
     assert result['rho'] == pytest.approx(stats.spearmanr(x, y)[0]) == pytest.approx(1.0)
-    # exactly 1 of the 120 orderings reaches rho = 1: p = 1/120 up to sampling of 4999 permutations
-    assert result['p_greater'] == pytest.approx(1 / 120, abs=0.004)
+    # exactly 1 of the 120 orderings reaches rho = 1: the hits among the drawn permutations are
+    # Binomial(draws, 1/120), (1 + hits) / (1 + draws) a whole count inside its central range of
+    # probability 1 - 2e-7 (p = 1/120 +- 0.001: the room a Monte-Carlo p needs)
+    hits = result['p_greater'] * (1 + draws) - 1
+    assert abs(hits - round(hits)) < 1e-6
+    assert stats.binom.ppf(1e-7, draws, 1 / 120) <= round(hits) <= stats.binom.isf(1e-7, draws, 1 / 120)
     assert result['p_less'] == 1.0
     assert result['p_value'] == pytest.approx(2 * result['p_greater'])
-    assert result['null_rho'] == pytest.approx(0.0, abs=0.03)
+    # the exact null of rho over the 120 orderings has mean 0 and variance 1 / (n - 1) = 1/4: its
+    # mean over the draws lies within 5.3 standard errors (two-sided 1e-7)
+    assert abs(result['null_rho']) < 5.3 * np.sqrt(0.25 / draws)
     assert result['exchangeable'] == 5 and result['count'] == 5
     assert permutation_spearman(x, y, permutations=99, seed=1) == permutation_spearman(x, y, permutations=99, seed=1)
 
