@@ -38,6 +38,11 @@ When ``flip`` is true the fields are in the flipped image's frame, as the networ
 Files are published atomically (a temporary file in the same directory, then a rename or a hard
 link), so a reader never sees a partial file and an interrupted writer leaves only complete ones.
 They get the mode an ordinary file gets under the writer's umask.
+
+Version 2 adds the sampling points of ``MultiScaleDeformableAttention`` modules and the detections
+(``attention`` and ``detections`` in ``__meta__``, described in :mod:`deform_viz.attention.format`).
+A file is written with the lowest version that holds its content (conv layers alone: version 1),
+and both versions are read.
 """
 import fnmatch
 import json
@@ -50,6 +55,8 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from .attention.fields import AttentionFields, Detections
+from .attention.format import DETECTION_PREFIX, check_attention
 from .fileio import write_atomically
 from .variants import dkernel_variant, variant_name
 
@@ -61,7 +68,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = 'deform-viz-offsets'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 META_KEY = '__meta__'
 SUFFIX = '.npz'
 COMPONENTS = ('offset', 'offset_used', 'mask', 'kernel_offset', 'd_f', 'd_k', 'divergence')
@@ -102,6 +110,8 @@ class OffsetDump:
     path: Path
     meta: dict
     layers: Dict[str, LayerFields]
+    attention: Dict[str, AttentionFields] = field(default_factory=dict)  # version 2: attention modules
+    detections: Optional[Detections] = None  # version 2: the detections and their decoder queries
 
     @property
     def img_id(self):
@@ -200,9 +210,9 @@ def _check(path: PathLike, meta, arrays: Mapping[str, np.ndarray]) -> None:
         raise OffsetDumpError(path, f'not a deform-viz offset dump (format {meta.get("format")!r}, '
                               f'expected {FORMAT_NAME!r})')
     version = meta.get('version')
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise OffsetDumpError(path, f'format version {version!r} is not supported by this '
-                              f'deform-viz (reads version {FORMAT_VERSION})')
+                              f'deform-viz (reads versions {list(READ_VERSIONS)})')
     missing = [k for k in IMAGE_KEYS + ('layers', ) if k not in meta]
     if missing:
         raise OffsetDumpError(path, f'metadata lacks {missing}')
@@ -234,6 +244,13 @@ def _check(path: PathLike, meta, arrays: Mapping[str, np.ndarray]) -> None:
             if arrays[key].dtype.kind != 'f':
                 raise OffsetDumpError(path, f'array {key!r} has dtype {arrays[key].dtype}, '
                                       'expected floating point')
+    if version >= 2 or 'attention' in meta:
+        if version < 2:
+            raise OffsetDumpError(path, f'attention data in a version {version} file (needs version 2)')
+        try:
+            described |= check_attention(meta, arrays)
+        except ValueError as e:
+            raise OffsetDumpError(path, str(e)) from None
     extra = sorted(set(arrays) - described - {META_KEY})
     if extra:
         raise OffsetDumpError(path, f'arrays not described by the metadata: {extra}')
@@ -252,7 +269,7 @@ def write_offset_dump(path: PathLike,
     ``path`` is never replaced and ``None`` is returned (two writers never both publish an image).
     """
     path = Path(path)
-    meta = {'format': FORMAT_NAME, 'version': FORMAT_VERSION, **meta}
+    meta = {'format': FORMAT_NAME, 'version': 2 if 'attention' in meta else 1, **meta}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     if META_KEY in arrays:
         raise OffsetDumpError(path, f'{META_KEY!r} is reserved for the metadata')
@@ -300,7 +317,17 @@ def load_offset_dump(path: PathLike) -> OffsetDump:
         layers[name] = LayerFields(
             name, info,
             {c: arrays[f'{name}/{c}'].astype(np.float32, copy=False) for c in info['components']})
-    return OffsetDump(path, meta, layers)
+    attention, detections = {}, None
+    if 'attention' in meta:
+        for name, info in meta['attention'].items():
+            attention[name] = AttentionFields(
+                name, info, arrays[f'{name}/queries'].astype(np.int64),
+                *(arrays[f'{name}/{c}'].astype(np.float32) for c in ('reference', 'offsets', 'weights')))
+        parts = {k: arrays[f'{DETECTION_PREFIX}/{k}'] for k in ('bboxes', 'scores', 'labels', 'queries')}
+        detections = Detections(parts['bboxes'].astype(np.float32), parts['scores'].astype(np.float32),
+                                parts['labels'].astype(np.int64), parts['queries'].astype(np.int64),
+                                bool(meta['detections']['linked']))
+    return OffsetDump(path, meta, layers, attention, detections)
 
 
 def _sort_key(path: Path):

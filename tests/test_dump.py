@@ -156,8 +156,8 @@ def test_foreign_npz_files_are_rejected(tmp_path):
         load_offset_dump(path)
 
     meta, arrays = sample()
-    np.savez(path, __meta__=np.array(json.dumps(dict(meta, format=FORMAT_NAME, version=2))), **arrays)
-    with pytest.raises(OffsetDumpError, match='version 2 is not supported'):
+    np.savez(path, __meta__=np.array(json.dumps(dict(meta, format=FORMAT_NAME, version=3))), **arrays)
+    with pytest.raises(OffsetDumpError, match='version 3 is not supported'):
         load_offset_dump(path)
 
     np.savez(path, __meta__=np.array('{not json'))

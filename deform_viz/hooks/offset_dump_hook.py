@@ -25,6 +25,7 @@ from mmengine.registry import HOOKS
 
 from ..dump import (COMPONENTS, check_layer_patterns, dump_size_bound, image_meta, offset_dump_path,
                     offset_dump_paths, write_offset_dump)
+from ..attention.recording import DECODER_QUERIES
 from .recording import LayerRecording
 
 DEFAULT_COMPONENTS = ('offset', 'offset_used', 'mask', 'kernel_offset', 'd_f', 'divergence')
@@ -76,6 +77,14 @@ class OffsetDumpHook(Hook):
         interval (int): Dump every ``interval``-th image of the evaluation order.
         resume (bool): Skip images whose dump already exists in ``out_dir``. Without it a
             directory already holding dumps is an error (nothing is overwritten).
+        encoder_stride (int): ``MultiScaleDeformableAttention`` over the feature maps (the
+            encoders of Deformable DETR and DINO): store the queries of every ``encoder_stride``-th
+            cell of each level in both directions; 1 stores the full field (docs/attention.md).
+        decoder_queries (str): attention of the object queries: ``'all'`` (default) stores every
+            query, ``'detections'`` those that produced a detection.
+
+    The layer patterns select attention modules too; by default every one is recorded, with the
+    detections and the query of each (format version 2, :mod:`deform_viz.attention.format`).
     """
 
     priority = 'LOW'
@@ -88,7 +97,9 @@ class OffsetDumpHook(Hook):
                  max_images: Optional[int] = None,
                  max_bytes: Union[None, int, float, str] = None,
                  interval: int = 1,
-                 resume: bool = False) -> None:
+                 resume: bool = False,
+                 encoder_stride: int = 8,
+                 decoder_queries: str = 'all') -> None:
         if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
             raise ValueError(f'OffsetDumpHook: out_dir must be a directory path, got {out_dir!r}')
         self.out_dir = Path(out_dir)
@@ -116,7 +127,14 @@ class OffsetDumpHook(Hook):
         if not isinstance(resume, bool):
             raise ValueError(f'OffsetDumpHook: resume must be True or False, got {resume!r}')
         self.resume = resume
-        self.recording = LayerRecording('OffsetDumpHook', layers, self.components)
+        if isinstance(encoder_stride, bool) or not isinstance(encoder_stride, int) or encoder_stride < 1:
+            raise ValueError(f'OffsetDumpHook: encoder_stride must be a positive integer, got {encoder_stride!r}')
+        if decoder_queries not in DECODER_QUERIES:
+            raise ValueError(f'OffsetDumpHook: decoder_queries must be one of {list(DECODER_QUERIES)}, '
+                             f'got {decoder_queries!r}')
+        self.recording = LayerRecording('OffsetDumpHook', layers, self.components,
+                                        attention=dict(encoder_stride=encoder_stride,
+                                                       decoder_queries=decoder_queries))
         self.rank, self.world_size = 0, 1
         self._in_training = False
         self._active = False
@@ -189,9 +207,9 @@ class OffsetDumpHook(Hook):
         self.seen = self.written = self.bytes = self.existing = self.repeats = 0
         self.budget_left = None if self.max_bytes is None else self.max_bytes // self.world_size
         self.budget_hit = False
-        self.multi_call_warned = False
+        self.multi_call_warned = self.unlinked_warned = False
         self._active = True
-        names = [r.name for r in self.recording]
+        names = [r.name for r in self.recording] + [r.name for r in self.recording.attention]
         self._log(f'recording {len(names)} layers ({", ".join(names[:3])}'
                   f'{", ..." if len(names) > 3 else ""}) to {self.dir}')
 
@@ -232,11 +250,12 @@ class OffsetDumpHook(Hook):
         samples = outputs if outputs is not None else (data_batch or {}).get('data_samples')
         if not samples:
             return
-        if not self.multi_call_warned and any(r.calls > 1 for r in self.recording):
+        recorders = list(self.recording) + list(self.recording.attention)
+        if not self.multi_call_warned and any(r.calls > 1 for r in recorders):
             self.multi_call_warned = True
             self._log('a layer ran more than once for one batch (test-time augmentation?); '
                       'only its first call is dumped', 'WARNING')
-        for recorder in self.recording:
+        for recorder in recorders:
             if recorder.batch_size not in (None, len(samples)):
                 raise RuntimeError(
                     f'OffsetDumpHook: layer {recorder.name!r} ran on a batch of {recorder.batch_size} '
@@ -268,6 +287,15 @@ class OffsetDumpHook(Hook):
                 arrays.update({f'{recorder.name}/{c}': t.cpu().numpy().astype(dtype)
                                for c, t in fields.items()})
             meta['layers'] = layers
+            if len(self.recording.attention):
+                meta['attention'], meta['detections'], attention_arrays, linked = \
+                    self.recording.attention.image_arrays(index, sample, meta, dtype)
+                arrays.update(attention_arrays)
+                if not linked and not self.unlinked_warned:
+                    self.unlinked_warned = True
+                    self._log('could not tell which decoder query produced each detection (no DETR head '
+                              'or its detections differ from its top-k); their queries are stored as -1',
+                              'WARNING')
             if self.budget_left is not None:
                 estimate = dump_size_bound(meta, arrays)
                 if estimate > self.budget_left:

@@ -12,6 +12,7 @@ from mmcv.ops import DeformConv2dPack, ModulatedDeformConv2dPack
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
+from ..attention.recording import AttentionRecorder, AttentionRecording, DetectionLinker, is_attention
 from ..dump import COMPONENTS, match_layer_names
 from ..ops.offset_fields import divergence, offset_df, offset_dk, project_offsets, split_offsets
 from ..variants import dcn_variant
@@ -176,6 +177,20 @@ class OffsetRecorder:
         return info, {c: out[c] for c in self.components}
 
 
+def _deformable_layers(model: nn.Module) -> Dict[str, Tuple[nn.Module, dict]]:
+    return {name: (module, desc) for name, module in model.named_modules()
+            for desc in [describe_deformable(module)] if desc is not None}
+
+
+def _conv_recorders(deformable, chosen, components, owner, required=True) -> List[OffsetRecorder]:
+    recorders = [OffsetRecorder(name, *deformable[name], components) for name in chosen]
+    if required and not any(r.components for r in recorders):
+        raise ValueError(f'{owner}: none of the selected layers has any of the components '
+                         f'{list(components)} (e.g. mask needs DCNv2, kernel_offset '
+                         'Deformable Kernels)')
+    return [r for r in recorders if r.components]
+
+
 def select_offset_layers(model: nn.Module, layer_patterns: Optional[Sequence[str]],
                          components: Sequence[str], owner: str) -> List[OffsetRecorder]:
     """Recorders for the deformable layers of ``model`` that ``layer_patterns`` select.
@@ -186,8 +201,7 @@ def select_offset_layers(model: nn.Module, layer_patterns: Optional[Sequence[str
     """
     if is_model_wrapper(model):
         model = model.module
-    deformable = {name: (module, desc) for name, module in model.named_modules()
-                  for desc in [describe_deformable(module)] if desc is not None}
+    deformable = _deformable_layers(model)
     if layer_patterns is None:
         chosen = [name for name in deformable if name.startswith('backbone.')]
         if not chosen:
@@ -197,12 +211,40 @@ def select_offset_layers(model: nn.Module, layer_patterns: Optional[Sequence[str
                 "config with backbone.dcn=... or select layers with layers=['<pattern>']")
     else:
         chosen = match_layer_names(deformable, layer_patterns, where=owner, kind='deformable layer')
-    recorders = [OffsetRecorder(name, *deformable[name], components) for name in chosen]
-    if not any(r.components for r in recorders):
-        raise ValueError(f'{owner}: none of the selected layers has any of the components '
-                         f'{list(components)} (e.g. mask needs DCNv2, kernel_offset '
-                         'Deformable Kernels)')
-    return [r for r in recorders if r.components]
+    return _conv_recorders(deformable, chosen, components, owner)
+
+
+def select_layers_and_attention(model: nn.Module, layer_patterns: Optional[Sequence[str]],
+                                components: Sequence[str], owner: str, encoder_stride: int = 8,
+                                decoder_queries: str = 'all') -> Tuple[List[OffsetRecorder], AttentionRecording]:
+    """Like :func:`select_offset_layers`, the patterns also selecting ``MultiScaleDeformableAttention``.
+
+    ``None`` selects the backbone's deformable layers and every attention module; a model with
+    neither is an error. Returns the conv recorders and the :class:`AttentionRecording` (with the
+    detection head's linker when the model has a DETR-style ``bbox_head``).
+    """
+    if is_model_wrapper(model):
+        model = model.module
+    deformable = _deformable_layers(model)
+    attention = {name: module for name, module in model.named_modules() if is_attention(module)}
+    if layer_patterns is None:
+        chosen = [name for name in deformable if name.startswith('backbone.')] + list(attention)
+        if not chosen:
+            raise ValueError(
+                f'{owner}: the model ({type(model).__name__}) has no deformable layer in its backbone '
+                f'and no MultiScaleDeformableAttention (deformable layers elsewhere: '
+                f'{list(deformable) or "none"}); use a config with backbone.dcn=... or select layers '
+                "with layers=['<pattern>']")
+    else:
+        chosen = match_layer_names(list(deformable) + list(attention), layer_patterns, where=owner,
+                                   kind='deformable layer or attention module')
+    conv = [name for name in chosen if name in deformable]
+    attn = [name for name in chosen if name in attention]
+    recorders = _conv_recorders(deformable, conv, components, owner, required=not attn)
+    head = DetectionLinker.find_head(model) if attn else None
+    return recorders, AttentionRecording(
+        [AttentionRecorder(name, attention[name], encoder_stride) for name in attn],
+        DetectionLinker(head) if head is not None else None, decoder_queries)
 
 
 class LayerRecording:
@@ -212,31 +254,44 @@ class LayerRecording:
         owner: the hook's name, for error messages.
         layer_patterns: see :func:`select_offset_layers`.
         components: the fields the hook needs.
+        attention: None for deformable conv layers only; else the options of
+            :func:`select_layers_and_attention` (``encoder_stride``, ``decoder_queries``): the
+            patterns also select attention modules, recorded in ``self.attention``.
     """
 
     def __init__(self, owner: str, layer_patterns: Optional[Sequence[str]],
-                 components: Sequence[str]):
+                 components: Sequence[str], attention: Optional[dict] = None):
         self.owner, self.layer_patterns, self.components = owner, layer_patterns, tuple(components)
+        self.attention_options = attention
         self.recorders: List[OffsetRecorder] = []
+        self.attention = AttentionRecording([], None)
 
     def start(self, model: nn.Module) -> None:
         """Select the layers of ``model`` (a bad pattern fails here) and attach their hooks."""
         self.stop()
-        self.recorders = select_offset_layers(model, self.layer_patterns, self.components,
-                                              self.owner)
+        if self.attention_options is None:
+            self.recorders = select_offset_layers(model, self.layer_patterns, self.components,
+                                                  self.owner)
+        else:
+            self.recorders, self.attention = select_layers_and_attention(
+                model, self.layer_patterns, self.components, self.owner, **self.attention_options)
         for recorder in self.recorders:
             recorder.attach()
+        self.attention.attach()
 
     def reset(self) -> None:
         """Forget the last batch (call before each forward whose outputs are used)."""
         for recorder in self.recorders:
             recorder.reset()
+        self.attention.reset()
 
     def stop(self) -> None:
         """Remove every forward hook; the model runs as if never recorded."""
         for recorder in self.recorders:
             recorder.detach()
         self.recorders = []
+        self.attention.detach()
+        self.attention = AttentionRecording([], None)
 
     def __iter__(self):
         return iter(self.recorders)
