@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from scipy import stats
 from mmengine.config import Config
 
 from conftest import CPU_CONFIG_DIR
@@ -59,6 +60,18 @@ def test_tiny_pretraining_writes_the_checkpoint_and_reuses_it(tiny_cache):
     again = pretrain_backbone(TINY, cache_dir=cache, log=lambda message: None)
     assert again['reused'] and again['val_accuracy'] == result['val_accuracy']
     assert path.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_a_short_pretraining_beats_chance(tmp_path):
+    """The tiny preset (2 steps) is for speed: its held-out accuracy (4 of 16 here) is no evidence of
+    learning, so it is not compared with chance. 32 steps are: held out, 100 crops of 10 classes,
+    and at least the 21 correct that chance reaches with probability below 1e-3."""
+    settings = PretrainSettings(crop_size=32, num_train=1024, num_val=100, batch_size=32, lr=8e-3)
+    result = pretrain_backbone(settings, cache_dir=tmp_path, log=lambda message: None)
+    correct = round(result['val_accuracy'] * 100)
+    assert result['chance'] == pytest.approx(0.1) and result['val_accuracy'] == pytest.approx(correct / 100)
+    assert stats.binom.sf(20, 100, 0.1) < 1e-3 and correct >= 21, result['val_accuracy']
 
 
 @pytest.mark.parametrize('config', [PLAIN_CONFIG, DCN_CONFIG], ids=osp.basename)
