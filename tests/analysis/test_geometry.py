@@ -140,9 +140,11 @@ def test_geometry_round_trip_and_painting():
     values = np.arange(48).reshape(6, 8)
     painted = geom.to_image_resolution(values)
     assert painted.shape == (192, 256)
-    # every cell shows up, each in a block of about (cell size)^2 pixels
-    counts = np.bincount(painted.ravel(), minlength=48)
-    assert counts.min() > 0 and counts.sum() == 192 * 256
+    # every cell paints one block: cell centres sit on original pixels 32r + 1 (rows) and, mirrored,
+    # 255 - 32c (columns); a pixel takes its nearest centre, the last cells also everything beyond
+    row_of = np.repeat(np.arange(6), [17, 32, 32, 32, 32, 47])
+    col_of = np.repeat(np.arange(8)[::-1], [47, 32, 32, 32, 32, 32, 32, 17])
+    np.testing.assert_array_equal(painted, values[row_of][:, col_of])
     assert geom.cell_size_on_image == (32.0, 32.0)
     # far outside points are flagged
     assert not geom.image_to_grid(np.array([-100.0]), np.array([10.0]))[2][0]
