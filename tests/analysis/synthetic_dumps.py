@@ -80,6 +80,23 @@ def write_image(path, shape, seed=0):
     return path
 
 
+def write_rotated_jpeg(path) -> np.ndarray:
+    """A JPEG stored 96 high and 64 wide with EXIF orientation 6 (shown turned 90 degrees clockwise,
+    as mmcv and browsers read it); returns the 64 x 96 picture it shows: red, green (top), blue,
+    yellow (bottom) quadrants."""
+    from PIL import Image
+    upright = np.zeros((64, 96, 3), np.uint8)
+    upright[:32, :48], upright[:32, 48:], upright[32:, :48], upright[32:, 48:] = \
+        (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)   # undone by orientation 6
+    assert stored.size == (64, 96)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    stored.save(path, quality=95, exif=exif)
+    return upright
+
+
 def write_coco(path, images, annotations) -> str:
     """images: [(id, file_name, h, w)]; annotations: [dict(image_id, bbox[, segmentation, iscrowd])]."""
     anns = []

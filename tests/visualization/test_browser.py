@@ -26,7 +26,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from analysis import sampling_reference
-from analysis.synthetic_dumps import scaled_kernel_field, write_coco, write_dump, write_image
+from analysis.synthetic_dumps import scaled_kernel_field, write_coco, write_dump, write_image, write_rotated_jpeg
 from conftest import REPO, import_tool
 from deform_viz.analysis import OffsetInputError
 from deform_viz.analysis.fields import LayerOffsets
@@ -601,19 +601,11 @@ def screen_colour(browser, shot, x: float, y: float) -> np.ndarray:
 
 
 def test_exif_rotated_image_is_shown_upright(browser, tmp_path):
-    """A JPEG stored 96 high and 64 wide with EXIF orientation 6 (shown turned 90 degrees clockwise,
-    as mmcv reads it): the dump's 64 x 96 frame is the turned picture, whose quadrants are red, green
-    (top) and blue, yellow (bottom); the page must show it so."""
-    upright = np.zeros((64, 96, 3), np.uint8)
-    upright[:32, :48], upright[:32, 48:], upright[32:, :48], upright[32:, 48:] = \
-        (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
-    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)   # undone by orientation 6
-    assert stored.size == (64, 96)
-    exif = Image.Exif()
-    exif[0x0112] = 6
+    """A JPEG stored 96 high and 64 wide with EXIF orientation 6: the dump's 64 x 96 frame is the
+    turned picture, whose quadrants are red, green (top) and blue, yellow (bottom); the page must
+    show it so."""
     path = tmp_path / 'images' / '3.jpg'
-    path.parent.mkdir()
-    stored.save(path, quality=95, exif=exif)
+    upright = write_rotated_jpeg(path)
     with Image.open(path) as im:
         shown = np.asarray(ImageOps.exif_transpose(im)).astype(int)
     np.testing.assert_allclose(shown[8:24, 8:40], upright[8:24, 8:40].astype(int), atol=40)   # PIL agrees

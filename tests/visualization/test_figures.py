@@ -12,7 +12,7 @@ from deform_viz.visualization import (FIGURES, ImageNotFoundError, choose_points
                                       render_layer, save_figure)
 from deform_viz.visualization.figures import fit_arrow_scale
 from analysis import sampling_reference
-from analysis.synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_dump, write_image
+from analysis.synthetic_dumps import same_for_all_taps, scaled_kernel_field, write_dump, write_image, write_rotated_jpeg
 
 NAME = 'backbone.layer3.0.conv2'
 ORI, NET = (120, 160), (60, 80)            # the network saw the image at half size
@@ -72,6 +72,15 @@ def test_missing_image_is_a_clear_error_and_blank_works(tmp_path):
     assert [kind for _, kind, _ in figures] == list(FIGURES)
     # Fig. 1 needs no image at all
     assert len(list(render_dump(dump, kinds=['kernel_points'], dpi=50))) == 1
+
+
+def test_exif_rotated_image_is_loaded_upright(tmp_path):
+    """Figures are drawn on the picture as shown (EXIF orientation applied), in the dump's frame."""
+    upright = write_rotated_jpeg(tmp_path / '3.jpg')
+    image = load_image(dict(img_id=3, img_path=str(tmp_path / '3.jpg'), ori_shape=[64, 96]))
+    assert image.shape == (64, 96, 3)
+    for y, x in ((16, 24), (16, 72), (48, 24), (48, 72)):
+        np.testing.assert_allclose(image[y, x].astype(int), upright[y, x].astype(int), atol=40)
 
 
 def test_image_of_another_size_is_rejected(tmp_path):
