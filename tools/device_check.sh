@@ -129,7 +129,7 @@ install() {
 }
 export -f install
 export py base work bundle out repo
-stage install 420 install || finish
+stage install 450 install || finish
 # deform_viz from the checkout, for the tools, the tests and torchrun's ranks alike
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" DEFORM_VIZ_PYTHON="$py" MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PYTHONUNBUFFERED=1
@@ -155,14 +155,14 @@ build_mmcv() {
     "$py" -I deform_viz/_cuda_build.py verify 1
 }
 export -f build_mmcv
-stage mmcv-cuda-build 150 build_mmcv || finish
+stage mmcv-cuda-build 130 build_mmcv || finish
 
 # --------------------------------------------------------------------------------- tests and reports
 pytest_run() { "$py" -m pytest -q -rs -p no:cacheprovider "$@"; }
 export -f pytest_run
 # the CUDA cases of the layer and op tests: every one has 'cuda' in its id
-stage cuda-tests 110 "pytest_run tests/layers tests/ops -k cuda"
-stage check-gpu 40 '"$py" tools/check_gpu.py --out "$out/check_gpu"'
+stage cuda-tests 90 "pytest_run tests/layers tests/ops -k cuda"
+stage check-gpu 25 '"$py" tools/check_gpu.py --out "$out/check_gpu" --steps 3 --warmup 1'
 stage benchmark-layers 0 'set -o pipefail; "$py" tools/benchmark_layers.py --device cuda --repeat 20 | tee "$out/benchmark_layers.md"'
 # the tests written on CPU whose path differs where a GPU is (--amp, the 2-rank dump pinned to CPU,
 # the launchers, the import and bootstrap checks), with the time left
