@@ -622,3 +622,20 @@ def test_exif_rotated_image_is_shown_upright(browser, tmp_path):
                            ((72, 48), (255, 255, 0))):
         np.testing.assert_allclose(screen_colour(browser, shot, x, y), colour, atol=40, err_msg=f'at {(x, y)}')
     assert_quiet_console(browser)
+
+
+def test_deform_groups_arrows_average_picks_take_group_0(tmp_path):
+    """Two deform groups shifting every tap by (0.5, 0) and (0, -1) input px: arrows and the image
+    list show their mean, (0.25, -0.5) = (2, -4) image px; the sampling points are group 0's."""
+    image = write_image(str(tmp_path / 'images' / '3.png'), (64, 96))
+    offset = np.zeros((2, 9, 2) + CONTENT_GRID, np.float32)
+    offset[0, :, 0], offset[1, :, 1] = 0.5, -1.0
+    write_dump(tmp_path / 'dumps', 3, {SHIFT: ({}, offset)}, ori_shape=(64, 96), img_path=image)
+    page = write_offset_browser(tmp_path / 'dumps', tmp_path / 'page.html', points_per_side=4).path
+    view = page_data(page)[0]['layers'][SHIFT]
+    np.testing.assert_allclose(dequantised(view['arrows']['uv']), np.broadcast_to([-4.0, 2.0], (96, 2)))
+    assert view['numbers']['df'] == pytest.approx(np.hypot(2, 4))
+    for k, (r, c) in enumerate(view['picks']['cells']):
+        expected = [(8 * (c + j) + 0.5, 8 * (r + i + 0.5) + 0.5) for i, j in RIGID]
+        np.testing.assert_allclose(dequantised(view['picks']['levels'][0])[k], expected,
+                                   atol=view['picks']['levels'][0]['step'])
