@@ -150,6 +150,23 @@ def test_geometry_round_trip_and_painting():
     assert not geom.image_to_grid(np.array([-100.0]), np.array([10.0]))[2][0]
 
 
+def test_padding_other_than_same_shifts_the_cells():
+    """A 3x3 conv with dilation 2 and padding 1 (same padding would be 2) at stride 2: output cell
+    (r, c) is centred on input pixel (2r + 1, 2c + 1) (-padding + (K - 1) / 2 * dilation = 1)."""
+    geom = FeatureGeometry(grid_shape=(5, 6), input_stride=(4, 4), output_stride=(8, 8), img_shape=(48, 56),
+                           ori_shape=(48, 56), scale_factor=(1.0, 1.0), dilation=(2, 2), padding=(1, 1))
+    np.testing.assert_allclose(geom.grid_to_input(np.array([0, 2]), np.array([0, 3])), [[1, 5], [1, 7]])
+    ys, xs = geom.cell_centres()
+    assert (ys[2, 3], xs[2, 3]) == pytest.approx((5 * 4 + 0.5, 7 * 4 + 0.5))
+    rows, cols, inside = geom.image_to_grid(ys.ravel(), xs.ravel())
+    assert inside.all() and (rows.reshape(5, 6) == np.arange(5)[:, None]).all()
+    assert (cols.reshape(5, 6) == np.arange(6)[None]).all()
+    assert geom.placement is geom
+    # centres at x = 4.5, 12.5, ...: pixel 8 (centre 8.5, a tie) and the 7 after it are cell 1's
+    painted = geom.to_image_resolution(np.arange(30).reshape(5, 6))
+    assert painted[0, :8].tolist() == [0] * 8 and painted[0, 8:16].tolist() == [1] * 8
+
+
 def test_geometry_rejects_bad_metadata():
     with pytest.raises(GeometryError, match='flip_direction'):
         FeatureGeometry((2, 2), (4, 4), (8, 8), (16, 16), (16, 16), (1, 1), flip_direction='sideways')
