@@ -3,6 +3,7 @@ stage ending the run with its summary. What it runs on a GPU is tested by the te
 import os
 import os.path as osp
 import subprocess
+import sys
 import zipfile
 
 from conftest import REPO
@@ -32,13 +33,13 @@ def test_arguments():
 
 
 def test_a_machine_without_cuda_stops_at_the_build_with_a_summary(tmp_path):
-    """The install stage runs from the bundle; the build's CUDA plan fails (this torch, if the base
-    interpreter has one, is a CPU build); the run ends there with exit 1 and its summary."""
+    """The install stage runs from the bundle; the build's CUDA plan fails (this torch is a CPU
+    build); the run ends there with exit 1 and its summary."""
     bundle = tmp_path / 'bundle'
     bundle.mkdir()
     fake_wheel(str(bundle))
     out = tmp_path / 'out'
-    env = dict(os.environ, OUT=str(out))
+    env = dict(os.environ, OUT=str(out), DEVICE_PYTHON=sys.executable)  # the machine's python: this one
     env.pop('MAX_JOBS', None)
     result = subprocess.run(['bash', SCRIPT, '--bundle', str(bundle)], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)

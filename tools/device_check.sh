@@ -7,7 +7,7 @@
 #   bash tools/device_check.sh --bundle DIR [--out DIR] [--minutes M]
 #                                                   on the GPU machine, from the checkout's root
 #
-# The run: install DIR's wheels into a venv over the machine's own packages (its torch), build
+# The run: install DIR's wheels in front of the machine's own packages (its torch), build
 # mmcv 2.1.0's CUDA ops for this GPU's architecture with every core, check them (a DCN, RoIAlign
 # and NMS), run the CUDA tests and the CPU tests that must also pass where a GPU is, then
 # tools/check_gpu.py and tools/benchmark_layers.py --device cuda --repeat 20. Each stage gets what
@@ -104,15 +104,18 @@ finish() {
 }
 
 # --------------------------------------------------------------------------------- the machine
-base=${DEVICE_PYTHON:-python3}
-base_bin=$("$base" -c 'import os, sys; print(os.path.dirname(sys.executable))')
-export PATH="$work/venv/bin:$base_bin:/usr/local/cuda/bin:$PATH"
+# The machine's own python (its torch); the bundle goes into a folder in front of its packages.
+# Not a venv: one made from a venv's python would not see that venv's packages (torch).
+py=${DEVICE_PYTHON:-python3}
+site="$work/site"
+base_bin=$("$py" -c 'import os, sys; print(os.path.dirname(sys.executable))')
+export PATH="$site/bin:$base_bin:/usr/local/cuda/bin:$PATH"
 export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")}
 {
     echo "## Machine"
     echo; echo '```'
     nvidia-smi 2>&1 | head -15
-    "$base" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda,
+    "$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda,
         torch.cuda.is_available() and torch.cuda.get_device_name(0))' 2>&1
     nvcc --version 2>&1 | tail -2
     echo "cores $(nproc), $(grep MemTotal /proc/meminfo)"
@@ -121,24 +124,25 @@ export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc || echo /u
 cat "$out/machine.md" >>"$log"
 
 # --------------------------------------------------------------------------------- install
-py="$work/venv/bin/python"
+# the bundle's packages, then deform_viz from the checkout, in front of the machine's own: for the
+# tools, the tests and torchrun's ranks alike (python -P below: no script folder, PYTHONPATH kept)
+export PYTHONPATH="$site:$repo${PYTHONPATH:+:$PYTHONPATH}" DEFORM_VIZ_PYTHON="$py" MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONUNBUFFERED=1
 install() {
-    "$base" -m venv --system-site-packages "$work/venv" &&
-    "$py" -m pip install --quiet --no-index --no-deps --no-compile "$bundle"/*.whl &&
-    "$py" -m pip list 2>/dev/null | grep -iE '^(torch|numpy|mmengine|mmdet|setuptools|pycocotools|shapely) '
+    "$py" -m pip install --quiet --no-index --no-deps --no-compile --target "$site" "$bundle"/*.whl &&
+    "$py" -c 'import setuptools, torch, numpy, mmengine  # mmdet imports mmcv, built next
+print("torch", torch.__version__, "numpy", numpy.__version__, "mmengine", mmengine.__version__,
+      "setuptools", setuptools.__version__, setuptools.__file__)'
 }
 export -f install
-export py base work bundle out repo
+export py site work bundle out repo
 stage install 450 install || finish
-# deform_viz from the checkout, for the tools, the tests and torchrun's ranks alike
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" DEFORM_VIZ_PYTHON="$py" MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export PYTHONUNBUFFERED=1
 
 # --------------------------------------------------------------------------------- mmcv's CUDA ops
 build_mmcv() {
     local plan want tag arch jobs reason
     # the machine's RAM grows as it is used: MAX_JOBS is set above, not read off MemAvailable
-    plan=$(DEFORM_VIZ_CUDA=1 "$py" -I deform_viz/_cuda_build.py plan) || return 1
+    plan=$(DEFORM_VIZ_CUDA=1 "$py" -P deform_viz/_cuda_build.py plan) || return 1
     read -r want tag arch jobs reason <<<"$plan"
     echo "$reason; $jobs jobs"
     tar -xzf "$bundle"/mmcv-2.1.0.tar.gz -C "$work" || return 1
@@ -151,8 +155,8 @@ build_mmcv() {
     tail -n 60 "$work/build.log"
     grep -E 'error|Error' "$work/build.log" | head -40
     ((rc == 0)) || return $rc
-    "$py" -m pip install --quiet --no-index --no-deps "$work"/dist/mmcv-2.1.0-*.whl &&
-    "$py" -I deform_viz/_cuda_build.py verify 1
+    "$py" -m pip install --quiet --no-index --no-deps --target "$site" "$work"/dist/mmcv-2.1.0-*.whl &&
+    "$py" -P deform_viz/_cuda_build.py verify 1
 }
 export -f build_mmcv
 stage mmcv-cuda-build 130 build_mmcv || finish
