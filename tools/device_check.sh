@@ -14,8 +14,10 @@
 # is left of M minutes (default 9), the last ones are cut first; the output folder (default $OUT)
 # gets the logs, the reports and summary.md (the stages, their status and seconds), printed last.
 set -uo pipefail
+caller=$(pwd)  # DIR arguments are relative to where the script was called from
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+absolute() { [[ $1 == /* ]] && echo "$1" || echo "$caller/$1"; }
 
 # pure-Python wheels (any platform) and binary ones for CPython 3.12 on x86-64 Linux; versions as in
 # the .venv that tools/bootstrap.sh builds. The GPU machine's image has torch, numpy, scipy,
@@ -35,20 +37,21 @@ prepare() {
         "${platforms[@]}" -d "$dir" "${PURE[@]}" "${BINARY[@]}" || return 1
     "$py" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation -d "$dir" mmcv==2.1.0 || return 1
     # inside the checkout: ignored by git, so that only a run that carries it takes it along
-    if [[ $(cd "$dir" && pwd) == "$repo"/* ]] && ! git check-ignore -q "$dir"; then
-        echo "/${dir#./}/" >>"$(git rev-parse --git-path info/exclude)"
+    dir=$(cd "$dir" && pwd)
+    if [[ $dir == "$repo"/* ]] && ! git check-ignore -q "$dir"; then
+        echo "/${dir#"$repo"/}/" >>"$(git rev-parse --git-path info/exclude)"
     fi
     ls -l "$dir"
     du -sh "$dir"
-    echo "carry $dir to the GPU machine; there: bash tools/device_check.sh --bundle $dir --out \$OUT"
+    echo "carry ${dir#"$repo"/} to the GPU machine; there: bash tools/device_check.sh --bundle ${dir#"$repo"/} --out \$OUT"
 }
 
 bundle='' out=${OUT:-} minutes=9
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --prepare) prepare "$2"; exit $? ;;
-        --bundle) bundle=$2; shift 2 ;;
-        --out) out=$2; shift 2 ;;
+        --prepare) prepare "$(absolute "$2")"; exit $? ;;
+        --bundle) bundle=$(absolute "$2"); shift 2 ;;
+        --out) out=$(absolute "$2"); shift 2 ;;
         --minutes) minutes=$2; shift 2 ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "device_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
