@@ -147,6 +147,9 @@ def plan(environ, torch_cuda: Optional[str], cuda_available: bool, capabilities:
     elif cuda_available or gpus:
         why = f'this machine has {len(gpus) or len(capabilities)} GPU(s) ({", ".join(gpus or ["seen by torch"])})'
     else:
+        kept = _kept_cuda_plan(environ.get('DEFORM_VIZ_PREVIOUS_PLAN', ''), torch_cuda, jobs(True))
+        if kept is not None:  # a shared venv set up on a GPU node, now bootstrapped on a login node
+            return kept
         return Plan(False, 'cpu', '', jobs(False),
                     'CPU-only mmcv ops: no GPU here and neither DEFORM_VIZ_CUDA=1 nor TORCH_CUDA_ARCH_LIST asks '
                     'for CUDA')
@@ -178,6 +181,18 @@ def plan(environ, torch_cuda: Optional[str], cuda_available: bool, capabilities:
     tag = f'cu{torch_cuda.replace(".", "")}-sm{arch_tag}'
     return Plan(True, tag, ';'.join(arches), jobs(True),
                 f'CUDA mmcv ops ({why}) for sm {" ".join(arches)} with {nvcc} (CUDA {nvcc_release})')
+
+
+def _kept_cuda_plan(previous: str, torch_cuda: Optional[str], max_jobs: int) -> Optional[Plan]:
+    """The last install's CUDA plan (its stamp's line), if this torch has its CUDA version: CUDA ops
+    also run on a node without a GPU, so a machine that cannot choose keeps them."""
+    fields = previous.split(maxsplit=4)
+    if len(fields) < 4 or fields[0] != '1' or not torch_cuda or not fields[1].startswith(
+            f'cu{torch_cuda.replace(".", "")}-'):
+        return None
+    return Plan(True, fields[1], fields[2], max_jobs,
+                f'CUDA mmcv ops kept from the last install (sm {fields[2].replace(";", " ")}): no GPU here to '
+                f'choose others (DEFORM_VIZ_CUDA=0 for CPU-only ops)')
 
 
 def machine_plan(environ=os.environ) -> Plan:

@@ -60,6 +60,18 @@ def test_named_architectures_build_cuda_ops_without_a_gpu():
         plan({'TORCH_CUDA_ARCH_LIST': 'sm_90'}, **ONE_H200)
 
 
+def test_a_login_node_keeps_the_cuda_ops_of_the_last_install():
+    """A shared venv set up on a GPU node, bootstrapped again where there is no GPU: the CUDA ops
+    stay (they run on CPU too), unless torch's CUDA changed or CPU ops are asked for."""
+    previous = '1 cu121-sm80_90 8.0;9.0 16 CUDA mmcv ops (this machine has 8 GPU(s) ...)'
+    p = plan({'DEFORM_VIZ_PREVIOUS_PLAN': previous}, **NO_GPU)
+    assert (p.cuda, p.tag, p.arch_list) == (True, 'cu121-sm80_90', '8.0;9.0')
+    assert p.reason.startswith('CUDA mmcv ops kept from the last install (sm 8.0 9.0): no GPU here')
+    assert plan({'DEFORM_VIZ_PREVIOUS_PLAN': previous}, **dict(NO_GPU, torch_cuda='12.4')).tag == 'cpu'
+    assert plan({'DEFORM_VIZ_PREVIOUS_PLAN': previous, 'DEFORM_VIZ_CUDA': '0'}, **NO_GPU).tag == 'cpu'
+    assert plan({'DEFORM_VIZ_PREVIOUS_PLAN': '0 cpu - 2 CPU-only mmcv ops: ...'}, **NO_GPU).tag == 'cpu'
+
+
 def test_cpu_ops_on_purpose_on_a_gpu_machine():
     p = plan({'DEFORM_VIZ_CUDA': '0'}, **ONE_H200)
     assert (p.cuda, p.tag) == (False, 'cpu')

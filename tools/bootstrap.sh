@@ -57,7 +57,8 @@ index_args=()
 
 torch_version=$("$venv/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
 # CUDA ops or not, stated: "want_cuda tag arch_list max_jobs reason", or an error naming the fix
-plan=$("$venv/bin/python" -I deform_viz/_cuda_build.py plan) || exit 1
+previous=$(head -n 1 "$venv"/.deform-viz-* 2>/dev/null || true)  # the last install's plan, if any
+plan=$(DEFORM_VIZ_PREVIOUS_PLAN="$previous" "$venv/bin/python" -I deform_viz/_cuda_build.py plan) || exit 1
 read -r want_cuda cuda_tag arch_list max_jobs reason <<<"$plan"
 log "$reason"
 wheel_dir="$cache/mmcv-2.1.0/torch$torch_version-$cuda_tag"
