@@ -28,11 +28,13 @@ def parse_args(argv=None):
                         help='override config settings, key=value pairs, e.g. '
                         'model.backbone.dcn.type=DKOnlyDCN')
     parser.add_argument('--dump-offsets', metavar='DIR',
-                        help='record the offset fields of the deformable layers into DIR, one .npz '
+                        help='record the offset fields of the deformable layers (and the sampling points of '
+                        'MultiScaleDeformableAttention) into DIR, one .npz '
                         'per image (OffsetDumpHook; format in deform_viz/dump.py)')
     parser.add_argument('--dump-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='OffsetDumpHook options, e.g. max_images=100 layers=backbone.layer4.* '
-                        'components=d_f,divergence dtype=float32 max_bytes=20GB resume=True')
+                        'components=d_f,divergence dtype=float32 max_bytes=20GB resume=True encoder_stride=1 '
+                        'decoder_queries=detections')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

@@ -159,7 +159,7 @@ def encoder_lattice(valid_size: int, stride: int) -> np.ndarray:
 def attention_bytes_per_image(image_shape: Sequence[int] = (800, 1333), level_strides: Sequence[int] = (8, 16, 32, 64),
                               num_heads: int = 8, num_points: int = 4, encoder_layers: int = 6,
                               decoder_layers: int = 6, decoder_queries: int = 300, encoder_stride: int = 8,
-                              reference_dim: int = 4, dtype_bytes: int = 2) -> Dict[str, int]:
+                              reference_dim: int = 2, dtype_bytes: int = 2) -> Dict[str, int]:
     """The array bytes an attention dump holds for one image (computed from the shapes, not timed).
 
     Defaults: a COCO-size image (800 x 1333) and mmdet's Deformable DETR (8 heads, 4 levels at
