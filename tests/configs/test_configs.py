@@ -99,7 +99,7 @@ def test_every_folder_has_its_configs():
 @pytest.mark.parametrize('path', all_configs(), ids=rel)
 def test_config_loads(path):
     cfg = load(path)
-    assert cfg.model.type in ('FasterRCNN', 'MaskRCNN')
+    assert cfg.model.type in ('FasterRCNN', 'MaskRCNN', 'DeformableDETR', 'DINO')
     if path in coco_configs():
         assert cfg.custom_imports == dict(imports=['deform_viz'], allow_failed_imports=False)
 
