@@ -26,7 +26,8 @@ def test_paired_rows_projections_claims_and_resume(tmp_path):
     result = Ablation(s).run()
     losses = result['pairing'][0]
     assert set(losses) == {'baseline', 'dcn'}
-    assert losses['baseline'] == losses['dcn']  # the same rigid network on the same first batch
+    # the same rigid network on the same first batch: equal up to the order of floating-point sums
+    assert losses['dcn'] == pytest.approx(losses['baseline'], rel=1e-6)
     assert result['rows'] == ['baseline', 'dcn', 'dcn@test-df', 'dcn@test-dk']
     for metric in ('bbox_mAP', 'bbox_mAP_75', 'bbox_mean_best_iou'):
         entry = result['metrics'][metric]['dcn']

@@ -191,7 +191,7 @@ def test_training_run_logs_the_statistics(synthetic_data_root, tmp_path):
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=4)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = cfg.default_hooks.checkpoint = None
     cfg.param_scheduler = None  # no warm-up, and offsets at 10^4 x the LR: they move at once
-    cfg.optim_wrapper.paramwise_cfg.custom_keys.conv_offset.lr_mult = 1e4
+    cfg.optim_wrapper.paramwise_cfg = dict(custom_keys=dict(conv_offset=dict(lr_mult=1e4)))
     cfg.custom_hooks = [dict(type='OffsetStatsHook', interval=2),
                         dict(type='ForwardHookProbeForTest')]
     runner = train(cfg)
