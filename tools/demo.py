@@ -20,6 +20,7 @@ from deform_viz.analysis import format_markdown, headline
 from deform_viz.experiments.ablation import PROJECTED_FROM, REFERENCE, REPO, ROWS, Ablation, AblationSettings
 from deform_viz.experiments.paired import check_pairing
 from deform_viz.experiments.records import read_json
+from deform_viz.experiments.report import format_difference
 from deform_viz.fileio import write_atomically
 from deform_viz.pretraining import PRESETS, pretrain_backbone, selected_preset
 from deform_viz.visualization import write_dump_figures
@@ -123,8 +124,7 @@ def main(argv=None) -> dict:
               f"difference {difference[m]:+.3f}")
     if interval:
         line = (f"  the committed table, seeds {interval['seeds']}: full DCN - baseline bbox AP "
-                f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}] "
-                f"(90 % t-interval, {interval['verdict']})")
+                f"{format_difference(interval)} (90 % t-interval, {interval['verdict']})")
         if args.seed in interval['seeds']:
             line += f"; seed {args.seed} there: {interval['differences'][interval['seeds'].index(args.seed)]:+.3f}"
         print(line)

@@ -28,6 +28,14 @@ def paired_report(values: Mapping[str, Values], rows: Sequence[str], reference: 
     return report
 
 
+def format_difference(d: Mapping) -> str:
+    """A paired difference (``PairedDifference.to_dict()``) as ``+0.012 [+0.004, +0.020]``, or
+    ``+0.012 [zero width]`` when every seed gave the same difference."""
+    if d.get('zero_width'):
+        return f"{d['mean']:+.3f} [zero width]"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
 def _fmt(value: float, digits: int = 3) -> str:
     return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else f'{value:.{digits}f}'
 
@@ -49,9 +57,7 @@ def markdown_table(report: Mapping[str, dict], rows: Sequence[str], labels: Mapp
                 continue
             cells.append(f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}")
             d = entry.get('vs_reference')
-            deltas.append('(reference)' if d is None else
-                          f"{d['mean']:+.3f} [zero width]" if d.get('zero_width') else
-                          f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+            deltas.append('(reference)' if d is None else format_difference(d))
         lines.append('| ' + ' | '.join(cells + deltas) + ' |')
     return '\n'.join(lines)
 
@@ -133,7 +139,7 @@ def claims_markdown(claims: Mapping[str, dict]) -> str:
         lines.append(f"- {claim}: **{verdict['verdict']}**")
         for name, d in verdict.items():
             if isinstance(d, dict) and 'mean' in d and 'low' in d:
-                lines.append(f"  - {name}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['verdict']}; "
+                lines.append(f"  - {name}: {format_difference(d)} ({d['verdict']}; "
                              f"per seed {', '.join(f'{x:+.3f}' for x in d['differences'])})")
         for seed, numbers in verdict.get('per_seed', {}).items():
             details = ', '.join(f'{k.replace("_", " ")} {_number(k, v)}' for k, v in numbers.items() if k != 'verdict')
