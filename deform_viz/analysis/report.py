@@ -2,7 +2,8 @@
 merged per layer, tested, summarised across layers, and printed as markdown."""
 import multiprocessing
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from functools import partial
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -41,28 +42,37 @@ class DumpMeasurer:
                 for name in self.layers}
 
 
-_worker: Optional[DumpMeasurer] = None
+_worker: Optional[Callable] = None
 
 
-def _start_worker(*args) -> None:
+def _start_worker(factory: Callable) -> None:
     torch.set_num_threads(1)   # one core per worker process
     global _worker
-    _worker = DumpMeasurer(*args)
+    _worker = factory()
 
 
-def _measure_in_worker(path) -> Dict[str, LayerImageMeasures]:
+def _measure_in_worker(path):
     return _worker(path)
 
 
-def measure_dumps(files: Sequence, ann_file: str, layers: Sequence[str], settings: AnalysisSettings,
-                  source: str = 'used', workers: int = 1,
-                  ground_truth: Optional[CocoGroundTruth] = None) -> Iterator[Dict[str, LayerImageMeasures]]:
-    """Per-image measures of ``layers`` (layer -> :class:`LayerImageMeasures`) in the order of
-    ``files``, one dump in memory per process, measured by ``workers`` processes."""
+def measure_dumps(files: Sequence, ann_file: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                  settings: Optional[AnalysisSettings] = None, source: str = 'used', workers: int = 1,
+                  ground_truth: Optional[CocoGroundTruth] = None, factory: Optional[Callable] = None) -> Iterator:
+    """What a measurer makes of each of ``files``, in their order, one dump in memory per process,
+    measured by ``workers`` processes.
+
+    ``factory(ground_truth=None)`` builds the measurer, a callable ``path -> measures``; it must
+    pickle (a module-level class or a ``functools.partial`` of one) for spawned workers, which
+    read the annotations themselves (``ground_truth`` serves only the calling process). Default:
+    :class:`DumpMeasurer` of ``ann_file``, ``layers``, ``settings`` and ``source``, giving layer ->
+    :class:`LayerImageMeasures` per image.
+    """
     if workers < 1:
         raise ValueError(f'workers must be at least 1, got {workers}')
+    if factory is None:
+        factory = partial(DumpMeasurer, ann_file, list(layers), settings or AnalysisSettings(), source)
     if workers == 1:
-        measurer = DumpMeasurer(ann_file, layers, settings, source, ground_truth)
+        measurer = factory(ground_truth=ground_truth)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)   # per-image work is small: a second thread only waits (~20x slower under load)
         try:
@@ -72,7 +82,7 @@ def measure_dumps(files: Sequence, ann_file: str, layers: Sequence[str], setting
         return
     # spawn, not fork: a forked child of a process that has run torch's OpenMP code can hang
     context = multiprocessing.get_context('spawn')
-    with context.Pool(workers, initializer=_start_worker, initargs=(ann_file, list(layers), settings, source)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(factory, )) as pool:
         yield from pool.imap(_measure_in_worker, [str(f) for f in files])
 
 
