@@ -83,6 +83,14 @@ class AttentionMeasurer:
         return measure_attention(dump.attention, dump.detections, objects, self.layers, self.settings)
 
 
+def _selected_encoder_layers(dump: OffsetDump, layers: Optional[Sequence[str]]) -> List[str]:
+    """The encoder layers that ``layers`` selects in ``dump``, in the dump's order."""
+    if layers is None:
+        return []
+    selected = set(match_layer_names(dump.attention, layers, str(dump.path)))
+    return [n for n, fields in dump.attention.items() if fields.role == 'encoder' and n in selected]
+
+
 def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] = None,
                       settings: Optional[AttentionSettings] = None, max_images: Optional[int] = None,
                       workers: int = 1, progress: bool = False) -> dict:
@@ -102,7 +110,7 @@ def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] 
     JSON-serialisable dict: ``settings``, ``units``, ``num_images``, ``matching`` (detections,
     objects, matched), ``layers`` (name -> :meth:`AttentionLayerAnalysis.result`) and
     ``across_layers`` (:func:`~.analysis.attention_across_layers`), and ``skipped_encoder_layers``
-    (the encoder layers ``layers`` selected).
+    (the encoder layers ``layers`` selected, in the dump's order).
     """
     settings = settings or AttentionSettings()
     if workers < 1:
@@ -137,9 +145,7 @@ def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] 
         'settings': settings.as_dict(),
         'units': ATTENTION_UNITS,
         'matching': matching,
-        'skipped_encoder_layers': [] if layers is None else [
-            n for n in match_layer_names(first.attention, layers, str(first.path))
-            if first.attention[n].role == 'encoder'],
+        'skipped_encoder_layers': _selected_encoder_layers(first, layers),
         'layers': results,
         'across_layers': attention_across_layers(results),
     }
