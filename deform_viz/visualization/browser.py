@@ -13,7 +13,9 @@ it never recomputes geometry. Per image and layer it embeds, all in original-ima
 * per-tap offset fields (Fig. 1's content, on the image): each tap's offset at subsampled cells;
 * pickable locations (a subsampled grid): their rigid taps and their sampling positions composed
   through 1..``levels`` stacked deformable layers (the DCN paper's Fig. 5/6);
-* with annotations: boxes, sizes, and the owner of every pixel as the analysis assigns it.
+* with annotations: boxes, sizes, and the owner of every pixel as the analysis assigns it;
+* deformable attention layers (Deformable DETR, DINO; :mod:`.browser_attention`): the decoder
+  query's sampling points of each of the best detections, and every stored encoder query's.
 
 Numbers are quantised to 16 bits over each array's own range (the error is at most half a step,
 ``(max - min) / 131070``), base64-encoded and decoded by the page. Each image lives in its own
@@ -42,6 +44,7 @@ from ..analysis.fields import LayerOffsets, dump_files, feeding_layers, layer_of
 from ..dump import LayerNotFoundError, load_offset_dump
 from ..fileio import write_atomically
 from ..ops.offset_fields import rigid_grid
+from .browser_attention import DETECTIONS, attention_entry, attention_names, attention_view
 from .figures import RIGID_FRACTION, fit_arrow_scale, subsample_grid
 from .image import ImageNotFoundError, image_file
 
@@ -232,8 +235,9 @@ def objects_view(ground_truth: CocoGroundTruth, meta: dict, thresholds) -> dict:
 
 def image_view(dump, names: Sequence[str], img_root: Optional[str], levels: int, points_per_side: int,
                arrows_per_side: int, div_threshold: float, source: str,
-               ground_truth: Optional[CocoGroundTruth], thresholds) -> dict:
-    """The data block of one image (see the module docstring)."""
+               ground_truth: Optional[CocoGroundTruth], thresholds, attention: Sequence[str] = (),
+               detections: int = DETECTIONS) -> dict:
+    """The data block of one image (see the module docstring); ``attention``: attention layer names."""
     missing = [n for n in names if n not in dump.layers]
     if missing:
         raise LayerNotFoundError(f'{dump.path} lacks layer(s) {", ".join(missing)} that the first dump has; '
@@ -248,6 +252,8 @@ def image_view(dump, names: Sequence[str], img_root: Optional[str], levels: int,
         layer = LayerOffsets.from_dump(dump, name, source)
         below = feeding_layers(dump, name, levels - 1, source)
         view['layers'][name] = layer_view(layer, below, points_per_side, arrows_per_side, div_threshold)
+    if attention:
+        view['attention'] = attention_view(dump, attention, detections, quantised)
     return view
 
 
@@ -316,6 +322,7 @@ def _index_entry(view: dict) -> dict:
     objects = view.get('objects')
     return {'id': view['id'], 'file': view['file'], 'width': view['width'], 'height': view['height'],
             'objects': None if objects is None else len(objects['boxes']),
+            'detections': view['attention']['detections']['count'] if 'attention' in view else None,
             'numbers': {name: layer['numbers'] for name, layer in view['layers'].items()}}
 
 
@@ -323,7 +330,8 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
                          max_images: Optional[int] = 20, layers=None, levels: int = LEVELS,
                          points_per_side: int = POINTS_PER_SIDE, arrows_per_side: int = ARROWS_PER_SIDE,
                          div_threshold: float = 0.0, source: str = 'used',
-                         settings: Optional[AnalysisSettings] = None, progress: bool = False) -> BrowserPage:
+                         settings: Optional[AnalysisSettings] = None, attention_layers=None,
+                         detections: int = DETECTIONS, progress: bool = False) -> BrowserPage:
     """Write the browser page of the dumps at ``dump`` (a directory or one ``.npz``) to ``out``.
 
     Args:
@@ -331,8 +339,8 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
             analysis tables and figures of :func:`~deform_viz.analysis.analyze_offsets`.
         img_root: folder holding the images when they are not at the dumped ``img_path``.
         max_images: the first N dumps in image-id order (None: all).
-        layers: layer patterns (:func:`~deform_viz.dump.match_layer_names`); None: every layer
-            with data offsets.
+        layers: conv layer patterns (:func:`~deform_viz.dump.match_layer_names`); None: every
+            layer with data offsets (none for a dump that has only attention layers).
         levels: the page offers sampling points composed through 1..``levels`` stacked layers;
             each level multiplies a location's points by K*K.
         points_per_side / arrows_per_side: pickable locations / d_f arrows and circles, at most
@@ -340,12 +348,15 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
         div_threshold: the negative-divergence mask is where div(d_f) < this.
         source: 'used' or 'predicted' offsets of d_f-/d_k-only layers.
         settings: of the analysis (its ``div_threshold`` is replaced by ``div_threshold``).
+        attention_layers: attention layer patterns; None: every attention layer of the dump.
+        detections: per image, the decoder queries of this many best detections (those linked
+            to a query) are embedded.
 
     Bad input fails before any work (no dumps, a layer, annotation or image problem of the first
     dump); later images are checked as they come. Nothing is written unless the whole page is.
     """
     checks = {'levels': levels, 'points_per_side': points_per_side, 'arrows_per_side': arrows_per_side,
-              'max_images': 1 if max_images is None else max_images}
+              'max_images': 1 if max_images is None else max_images, 'detections': detections}
     for name, value in checks.items():
         if value < 1:
             raise ValueError(f'{name} must be at least 1, got {value}')
@@ -358,7 +369,11 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
     settings = replace(settings or AnalysisSettings(), div_threshold=div_threshold)
     ground_truth = CocoGroundTruth(ann_file) if ann_file else None
     first = load_offset_dump(files[0])
-    chosen = layer_offsets(first, layers, source=source, skip_without_offsets=layers is None)
+    attention = attention_names(first, attention_layers)
+    if first.layers or layers is not None or not attention:
+        chosen = layer_offsets(first, layers, source=source, skip_without_offsets=layers is None)
+    else:
+        chosen = []
     names = [layer.name for layer in chosen]
     if ground_truth is not None:
         ground_truth.check_images([first.meta])
@@ -376,7 +391,8 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
             paths = files
         for i, path in enumerate(paths):
             view = image_view(first if i == 0 else load_offset_dump(path), names, img_root, levels, points_per_side,
-                              arrows_per_side, div_threshold, source, ground_truth, settings.size_thresholds)
+                              arrows_per_side, div_threshold, source, ground_truth, settings.size_thresholds,
+                              attention, detections)
             block = _json(view)
             f.write(f'<script type="application/json" class="image-data" id="image-{i}">{block}</script>\n')
             written.image_ids.append(view['id'])
@@ -384,8 +400,9 @@ def write_offset_browser(dump, out, ann_file: Optional[str] = None, img_root: Op
             written.data_bytes.append(len(block) - len(view['image']))
             index.append(_index_entry(view))
         page = {'dump': os.path.abspath(dump), 'annotations': ann_file and os.path.abspath(ann_file),
-                'layers': [_layer_entry(layer) for layer in chosen], 'images': index, 'levels': levels}
-        if ground_truth is not None:
+                'layers': [_layer_entry(layer) for layer in chosen], 'images': index, 'levels': levels,
+                'attention': [attention_entry(first, name) for name in attention]}
+        if ground_truth is not None and names:
             page['analysis'] = analysis_view(dump, ann_file, names, max_images, settings, source)
         f.write(f'<script type="application/json" id="page-data">{_json(page)}</script>\n')
         f.write(tail)
