@@ -1,7 +1,8 @@
 """Measure the decoder attention of dumped Deformable DETR / DINO models against COCO ground truth.
 
     python tools/analyze_attention.py DUMP --ann COCO_JSON [--layer PATTERN ...] [--out report.json]
-                                      [--workers N] [--max-images N] [--iou-threshold IOU] ...
+                                      [--figure-dir DIR | --no-figures] [--workers N] [--max-images N]
+                                      [--iou-threshold IOU] ...
 
 DUMP is a dump directory (``tools/test.py ... --dump-offsets DIR`` of a model with
 ``MultiScaleDeformableAttention``) or one ``.npz`` file; COCO_JSON the annotation file of the dumped
@@ -10,8 +11,9 @@ images (checked: same ids, sizes and file names). Detections are matched to the 
 over levels): its weighted mean offset towards the object's centre (sign test) and the weighted
 spread of its sampling points against object size (Spearman, permutation null), for reference boxes
 also the spread over the box's size; then how many layers support each claim after Holm's
-correction. ``--workers N`` measures images in N processes; the report is identical. Definitions:
-``deform_viz/attention/analysis.py``.
+correction. With ``--out`` the report's figures (spread vs object size per decoder layer, inward
+mean offset per layer and level) go to REPORT_figures/ beside it. ``--workers N`` measures images
+in N processes; the report is identical. Definitions: ``deform_viz/attention/analysis.py``.
 """
 import argparse
 import json
@@ -33,6 +35,9 @@ def parse_args(argv=None):
                         help="attention layer patterns: 're:REGEX', a shell glob, or a word the name contains; "
                         'encoder layers are left out; default: every decoder layer')
     parser.add_argument('--out', metavar='REPORT_JSON', help='also write the full report as JSON')
+    parser.add_argument('--figure-dir', metavar='DIR',
+                        help='where the report figures go (default with --out: REPORT_figures/ beside it)')
+    parser.add_argument('--no-figures', action='store_true', help='draw no figures')
     parser.add_argument('--workers', type=int, default=1, metavar='N',
                         help='processes measuring images (default 1); the report does not depend on it')
     parser.add_argument('--max-images', type=int, metavar='N', help='only the first N images (sorted by id)')
@@ -55,6 +60,10 @@ def parse_args(argv=None):
                                           inward_tie=args.inward_tie, permutations=args.permutations, seed=args.seed)
     except ValueError as e:
         parser.error(str(e))
+    if args.figure_dir is None and args.out and not args.no_figures:
+        args.figure_dir = os.path.splitext(args.out)[0] + '_figures'
+    if args.no_figures:
+        args.figure_dir = None
     return args
 
 
@@ -63,7 +72,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     report = analyze_attention(args.dump, args.ann, layers=args.layer, settings=args.settings,
-                               max_images=args.max_images, workers=args.workers, progress=True)
+                               max_images=args.max_images, workers=args.workers, progress=True,
+                               figure_dir=args.figure_dir)
     print(format_attention_markdown(report))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

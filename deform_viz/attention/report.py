@@ -93,7 +93,7 @@ def _selected_encoder_layers(dump: OffsetDump, layers: Optional[Sequence[str]]) 
 
 def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] = None,
                       settings: Optional[AttentionSettings] = None, max_images: Optional[int] = None,
-                      workers: int = 1, progress: bool = False) -> dict:
+                      workers: int = 1, progress: bool = False, figure_dir: Optional[str] = None) -> dict:
     """The attention statistics of the decoder layers of the dumps at ``dump`` against ``ann_file``.
 
     Args:
@@ -105,12 +105,14 @@ def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] 
         max_images: only the first N dumps (in image-id order).
         workers: processes measuring images; the report is identical for any number.
         progress: show a tqdm progress bar.
+        figure_dir: also draw the report's figures there (PNG,
+            :mod:`deform_viz.visualization.attention_report_figures`); their paths go in ``figures``.
 
     Every dump's metadata is checked first (:func:`check_attention_dump`). Returns a
     JSON-serialisable dict: ``settings``, ``units``, ``num_images``, ``matching`` (detections,
     objects, matched), ``layers`` (name -> :meth:`AttentionLayerAnalysis.result`) and
     ``across_layers`` (:func:`~.analysis.attention_across_layers`), and ``skipped_encoder_layers``
-    (the encoder layers ``layers`` selected, in the dump's order).
+    (the encoder layers ``layers`` selected, in the dump's order); with ``figure_dir``, ``figures``.
     """
     settings = settings or AttentionSettings()
     if workers < 1:
@@ -137,7 +139,7 @@ def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] 
         for name, rows in image.rows.items():
             analyses[name].add(rows, image.missing[name])
     results = {name: analysis.result() for name, analysis in analyses.items()}
-    return {
+    report = {
         'version': ATTENTION_REPORT_VERSION,
         'dump': os.path.abspath(dump),
         'ann_file': os.path.abspath(ann_file),
@@ -149,6 +151,11 @@ def analyze_attention(dump: str, ann_file: str, layers: Optional[Sequence[str]] 
         'layers': results,
         'across_layers': attention_across_layers(results),
     }
+    if figure_dir is not None:
+        from ..visualization.attention_report_figures import write_attention_report_figures
+        report['figures'] = write_attention_report_figures(report, {n: a.rows for n, a in analyses.items()},
+                                                           figure_dir)
+    return report
 
 
 # ---------------------------------------------------------------------- markdown
@@ -210,5 +217,7 @@ def format_attention_markdown(report: dict) -> str:
             f'Per level ({across["per_level"]["correction"]}): {_claims(across["per_level"])}.']
     if report.get('skipped_encoder_layers'):
         out += ['', f'Encoder layers left out: {", ".join(report["skipped_encoder_layers"])}.']
+    if report.get('figures'):
+        out += ['', 'Figures: ' + ', '.join(report['figures'])]
     return '\n'.join(out) + '\n'
 

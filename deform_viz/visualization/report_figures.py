@@ -3,7 +3,7 @@ the offset figures: effective dilation by size class per layer (the DCN paper's 
 d_k radius against object size with its rank correlation, inward d_f per size class."""
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import matplotlib
 import numpy as np
@@ -24,23 +24,28 @@ def short_layer_name(name: str) -> str:
     return name[:-len('.conv2')] if name.endswith('.conv2') else name
 
 
-def _grouped_bars(ax, layers: List[str], groups: Dict[str, list], errors: Dict[str, list],
-                  labels: Optional[Dict[str, str]] = None) -> None:
-    """Bars of each group side by side per layer, with error bars and a legend above the axes;
-    missing values are left out."""
+def grouped_bars(ax, layers: List[str], groups: Dict[str, list], errors: Optional[Dict[str, list]] = None,
+                 labels: Optional[Dict[str, str]] = None, colours: Optional[Dict[str, str]] = None,
+                 short: Callable[[str], str] = short_layer_name, legend: bool = True) -> None:
+    """Bars of each group side by side per layer (``groups``: name -> one value per layer), with
+    error bars (``errors``, same shape) and a legend above the axes; missing values are left out.
+    Colours from ``colours`` (default :data:`REGION_COLOURS`), tick labels ``short(layer)``."""
     width = 0.8 / len(groups)
     x = np.arange(len(layers))
+    colours = colours or REGION_COLOURS
     for k, (group, values) in enumerate(groups.items()):
         have = [i for i, v in enumerate(values) if v is not None]
-        ax.bar(x[have] - 0.4 + width * (k + 0.5), [values[i] for i in have], width, color=REGION_COLOURS[group],
-               label=(labels or {}).get(group, group), yerr=[errors[group][i] or 0.0 for i in have], capsize=1.5,
-               error_kw={'lw': 0.6})
-    ax.set_xticks(x, [short_layer_name(n) for n in layers], rotation=45, ha='right')
+        yerr = None if errors is None else [errors[group][i] or 0.0 for i in have]
+        ax.bar(x[have] - 0.4 + width * (k + 0.5), [values[i] for i in have], width, color=colours[group],
+               label=(labels or {}).get(group, group), yerr=yerr, capsize=1.5, error_kw={'lw': 0.6})
+    ax.set_xticks(x, [short(n) for n in layers], rotation=45, ha='right')
     ax.set_xlim(-0.6, len(layers) - 0.4)
-    ax.legend(ncols=len(groups), loc='lower left', bbox_to_anchor=(0, 1), frameon=False, borderaxespad=0.2)
+    if legend:
+        ax.legend(ncols=len(groups), loc='lower left', bbox_to_anchor=(0, 1), frameon=False, borderaxespad=0.2)
 
 
-def _images(report: dict) -> str:
+def images_text(report: dict) -> str:
+    """'3 images' of a report's ``num_images``."""
     n = report['num_images']
     return f'{n} image' + ('' if n == 1 else 's')
 
@@ -54,14 +59,14 @@ def plot_effective_dilation(report: dict, width: float = PAPER_WIDTH, dpi: float
     regions = SIZE_CLASSES + ('background',)
     fig = new_figure(width, 2.8, dpi)
     ax = fig.add_subplot()
-    _grouped_bars(ax, layers, {g: [s[g]['mean'] for s in stats] for g in regions},
+    grouped_bars(ax, layers, {g: [s[g]['mean'] for s in stats] for g in regions},
                   {g: [s[g]['std'] for s in stats] for g in regions})
     dilations = {np.mean(report['layers'][n]['layer'].get('dilation') or [1]) for n in layers}
     for d in dilations:
         ax.axhline(d, color='black', lw=0.6, ls='--')
     ax.set_ylabel('effective dilation (input px)')
     ax.set_ylim(0, None)
-    fig.suptitle(f'Effective dilation by region, mean ± std over locations · {_images(report)} '
+    fig.suptitle(f'Effective dilation by region, mean ± std over locations · {images_text(report)} '
                  f'(dashed: rigid kernel)')
     return fig
 
@@ -82,17 +87,17 @@ def plot_extent_vs_size(report: dict, boxes: Dict[str, Dict[str, np.ndarray]], w
         size, radius = boxes[name]['sqrt_area_network'], boxes[name]['radius_centre']
         ax.scatter(size, radius, s=4, color=REGION_COLOURS['small'], alpha=0.6, linewidths=0)
         if size.size and np.all(size > 0):
-            _log_axis(ax.xaxis, size)
+            log_axis(ax.xaxis, size)
         centre, largest = ext['centre'], ext['box_max']
-        ax.set_title(f'{short_layer_name(name)}: ρ {_signed(centre["rho"])} (p {_pvalue(centre["p_value"])}, '
-                     f'n {centre["count"]})\nbox max ρ {_signed(largest["rho"])}, null {_signed(largest["null_rho"])} '
-                     f'(p {_pvalue(largest["p_value"])})', fontsize=5.2)
+        ax.set_title(f'{short_layer_name(name)}: ρ {fmt_signed(centre["rho"])} (p {fmt_p(centre["p_value"])}, '
+                     f'n {centre["count"]})\nbox max ρ {fmt_signed(largest["rho"])}, '
+                     f'null {fmt_signed(largest["null_rho"])} (p {fmt_p(largest["p_value"])})', fontsize=5.2)
         ax.tick_params(labelsize=5.5)
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
     fig.supxlabel('sqrt(box area) (network-input px)', fontsize=7)
     fig.supylabel('d_k radius at box centre (px)', fontsize=7)
-    fig.suptitle(f'd_k extent vs object size · {_images(report)}')
+    fig.suptitle(f'd_k extent vs object size · {images_text(report)}')
     return fig
 
 
@@ -108,17 +113,18 @@ def plot_inward_df(report: dict, width: float = PAPER_WIDTH, dpi: float = DEFAUL
     errors['background'] = [r['background']['sem'] for r in inward]
     fig = new_figure(width, 2.8, dpi)
     ax = fig.add_subplot()
-    _grouped_bars(ax, layers, groups, errors, labels={'background': 'background control'})
+    grouped_bars(ax, layers, groups, errors, labels={'background': 'background control'})
     ax.axhline(0, color='black', lw=0.6)
     ax.set_ylabel('inward d_f per object (input px)')
     shift = 'mean d_f of each image removed' if inward and inward[0]['global_shift_removed'] else 'raw d_f'
-    fig.suptitle(f'd_f towards the box centre, mean ± s.e. over objects · {_images(report)} · {shift}')
+    fig.suptitle(f'd_f towards the box centre, mean ± s.e. over objects · {images_text(report)} · {shift}')
     return fig
 
 
-def _log_axis(axis, values: np.ndarray) -> None:
-    """Log scale labelled in plain numbers at the powers of two the data spans."""
-    axis.axes.set_xscale('log')
+def log_axis(axis, values: np.ndarray) -> None:
+    """Log scale of ``axis`` (``ax.xaxis`` or ``ax.yaxis``) labelled in plain numbers at the powers
+    of two that the positive ``values`` span."""
+    getattr(axis.axes, f'set_{axis.axis_name}scale')('log')
     lo, hi = np.log2(values.min()), np.log2(values.max())
     ticks = 2.0 ** np.arange(np.floor(lo), np.ceil(hi) + 1)
     axis.set_major_locator(ticker.FixedLocator(ticks))
@@ -126,11 +132,13 @@ def _log_axis(axis, values: np.ndarray) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _signed(value: Optional[float]) -> str:
+def fmt_signed(value: Optional[float]) -> str:
+    """+0.12, or n/a for None."""
     return 'n/a' if value is None else f'{value:+.2f}'
 
 
-def _pvalue(value: Optional[float]) -> str:
+def fmt_p(value: Optional[float]) -> str:
+    """Two significant digits, or n/a for None."""
     return 'n/a' if value is None else f'{value:.2g}'
 
 
