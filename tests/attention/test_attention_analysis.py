@@ -235,11 +235,20 @@ def test_tool_on_a_real_dump(dino_dump, tmp_path, capsys):
         assert len(result['levels']) == 4
     assert '| decoder.layers.1.cross_attn | ' in printed and 'decoder.layers.0.cross_attn · level 3' in printed
     assert 'Across layers (Holm over the 2 decoder layers' in printed and 'analysed 3 images in' in printed
+    figures = ['spread_vs_size.png', 'normalised_spread_vs_size.png', 'inward_offset.png']   # 4-d references
+    assert report['figures'] == [str(tmp_path / 'report_figures' / f) for f in figures]
+    assert sorted(p.name for p in (tmp_path / 'report_figures').iterdir()) == sorted(figures)
+    assert 'Figures: ' + ', '.join(report['figures']) in printed
 
-    one = analyze([str(dump_dir), '--ann', ann, '--layers', 'layers.1', 'encoder', '--permutations', '99'])
+    one = analyze([str(dump_dir), '--ann', ann, '--layers', 'layers.1', 'encoder', '--permutations', '99',
+                   '--figure-dir', str(tmp_path / 'elsewhere')])
+    assert [osp.basename(p) for p in one['figures']] == figures and osp.isdir(tmp_path / 'elsewhere')
     assert list(one['layers']) == ['decoder.layers.1.cross_attn']
     assert one['skipped_encoder_layers'] == ['encoder.layers.0.self_attn', 'encoder.layers.1.self_attn']
     assert one['layers']['decoder.layers.1.cross_attn'] == report['layers']['decoder.layers.1.cross_attn']
+    none = analyze([str(dump_dir), '--ann', ann, '--out', str(tmp_path / 'none' / 'r.json'), '--no-figures',
+                    '--permutations', '99'])
+    assert 'figures' not in none and sorted(p.name for p in (tmp_path / 'none').iterdir()) == ['r.json']
 
 
 def _rewrite_meta(path, edit):
