@@ -18,9 +18,12 @@ so nothing depends on (or changes) the matplotlib backend.
 
 Deformable attention (Deformable DETR, DINO): :func:`plot_detection_attention` (Deformable DETR's
 Fig. 6 for the top detections), :func:`plot_pixel_attention` (the encoder's points at chosen pixels),
-their geometry in :mod:`.attention_points`.
+their geometry in :mod:`.attention_points`; the figures of an attention statistics report
+(:mod:`.attention_report_figures`).
 """
 from .attention_figures import plot_detection_attention, plot_pixel_attention, write_attention_figures
+from .attention_report_figures import (ATTENTION_REPORT_FIGURES, plot_inward_offset, plot_spread_vs_size,
+                                       write_attention_report_figures)
 from .attention_points import (AttentionInputError, QueryPoints, detection_points, encoder_points, pixel_points,
                                to_display)
 from .figures import (PAPER_WIDTH, choose_points, layer_caption, plot_df_divergence,
@@ -34,6 +37,7 @@ from .report_figures import (REPORT_FIGURES, plot_effective_dilation, plot_exten
 __all__ = [
     'AttentionInputError', 'QueryPoints', 'detection_points', 'encoder_points', 'pixel_points', 'to_display',
     'plot_detection_attention', 'plot_pixel_attention', 'write_attention_figures',
+    'ATTENTION_REPORT_FIGURES', 'plot_inward_offset', 'plot_spread_vs_size', 'write_attention_report_figures',
     'FIGURES', 'FORMATS', 'ImageNotFoundError', 'PAPER_WIDTH', 'choose_points', 'figure_path', 'figure_to_array',
     'image_file', 'layer_caption', 'load_image', 'plot_df_divergence', 'plot_dk_extent', 'plot_kernel_point_fields',
     'plot_sampling_locations', 'render_dump', 'render_layer', 'save_figure', 'write_dump_figures',
