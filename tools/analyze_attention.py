@@ -16,14 +16,12 @@ mean offset per layer and level) go to REPORT_figures/ beside it. ``--workers N`
 in N processes; the report is identical. Definitions: ``deform_viz/attention/analysis.py``.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
-from deform_viz.analysis import OffsetInputError
+from deform_viz.analysis import OffsetInputError, report_figure_dir, write_report
 from deform_viz.attention import AttentionSettings, analyze_attention, format_attention_markdown
-from deform_viz.fileio import write_atomically
 
 
 def parse_args(argv=None):
@@ -60,10 +58,7 @@ def parse_args(argv=None):
                                           inward_tie=args.inward_tie, permutations=args.permutations, seed=args.seed)
     except ValueError as e:
         parser.error(str(e))
-    if args.figure_dir is None and args.out and not args.no_figures:
-        args.figure_dir = os.path.splitext(args.out)[0] + '_figures'
-    if args.no_figures:
-        args.figure_dir = None
+    args.figure_dir = report_figure_dir(args.out, args.figure_dir, args.no_figures)
     return args
 
 
@@ -76,9 +71,7 @@ def main(argv=None) -> dict:
                                figure_dir=args.figure_dir)
     print(format_attention_markdown(report))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_atomically(args.out, lambda f: json.dump(report, f, indent=1, allow_nan=False), text=True)
-        print(f'report written to {os.path.abspath(args.out)}')
+        print(f'report written to {write_report(report, args.out)}')
     print(f'analysed {report["num_images"]} images in {time.perf_counter() - start:.1f} s '
           f'({args.workers} worker{"" if args.workers == 1 else "s"})')
     return report

@@ -15,13 +15,11 @@ applies, its p-value. ``--workers N`` measures images in N processes; the report
 Definitions: ``deform_viz/analysis/measures.py``.
 """
 import argparse
-import json
 import os
 import sys
 
 from deform_viz.analysis import (COCO_SIZE_THRESHOLDS, AnalysisSettings, OffsetInputError, analyze_offsets,
-                                 format_markdown)
-from deform_viz.fileio import write_atomically
+                                 format_markdown, report_figure_dir, write_report)
 
 
 def parse_args(argv=None):
@@ -73,10 +71,7 @@ def parse_args(argv=None):
             permutations=args.permutations, seed=args.seed)
     except ValueError as e:
         parser.error(str(e))
-    if args.figure_dir is None and args.out and not args.no_figures:
-        args.figure_dir = os.path.splitext(args.out)[0] + '_figures'
-    if args.no_figures:
-        args.figure_dir = None
+    args.figure_dir = report_figure_dir(args.out, args.figure_dir, args.no_figures)
     return args
 
 
@@ -88,9 +83,7 @@ def main(argv=None) -> dict:
                              figure_dir=args.figure_dir)
     print(format_markdown(report))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_atomically(args.out, lambda f: json.dump(report, f, indent=1, allow_nan=False), text=True)
-        print(f'report written to {os.path.abspath(args.out)}')
+        print(f'report written to {write_report(report, args.out)}')
     return report
 
 

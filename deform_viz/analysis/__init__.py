@@ -13,7 +13,8 @@ from .annotations import (COCO_SIZE_THRESHOLDS, DCN_PAPER_SIZE_THRESHOLDS, SIZE_
 from .fields import LayerOffsets, OffsetInputError, dump_files, layer_offsets
 from .geometry import FeatureGeometry, GeometryError
 from .measures import REGIONS, AnalysisSettings, ImageTruth, LayerImageMeasures, measure_layer
-from .report import across_layers, analyze_offsets, format_markdown, headline, measure_dumps
+from .report import (across_layers, analyze_offsets, format_markdown, headline, measure_dumps, report_figure_dir,
+                     write_report)
 from .statistics import Moments, holm, mean_with_error, permutation_spearman, sign_test, spearman, summarize
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     'GeometryError', 'ImageObjects', 'ImageTruth', 'LayerAnalysis', 'LayerImageMeasures', 'LayerNotFoundError',
     'LayerOffsets', 'Moments', 'OffsetInputError', 'REGIONS', 'SIZE_CLASSES', 'UNITS', 'across_layers',
     'analyze_offsets', 'dump_files', 'format_markdown', 'headline', 'holm', 'layer_offsets', 'mean_with_error',
-    'measure_dumps', 'measure_layer', 'permutation_spearman', 'sign_test', 'size_class', 'spearman', 'summarize',
+    'measure_dumps', 'measure_layer', 'permutation_spearman', 'report_figure_dir', 'sign_test', 'size_class',
+    'spearman', 'summarize', 'write_report',
 ]

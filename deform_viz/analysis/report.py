@@ -1,5 +1,6 @@
 """The analysis of a dump directory: streamed over images (optionally in worker processes),
 merged per layer, tested, summarised across layers, and printed as markdown."""
+import json
 import multiprocessing
 import os
 from functools import partial
@@ -8,6 +9,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 import torch
 
 from ..dump import LayerNotFoundError, load_offset_dump
+from ..fileio import write_atomically
 from .accumulate import UNITS, LayerAnalysis
 from .annotations import SIZE_CLASSES, CocoGroundTruth
 from .fields import LayerOffsets, dump_files, layer_offsets
@@ -243,6 +245,24 @@ def _inward_cell(part: dict) -> str:
         return 'n/a (0)'
     return (f'{_ms(part, 3, "sem")} ({part["count"]}) · {sign["positive"]}/{sign["count"]} inward, '
             f'p = {_p(sign["p_greater"])}')
+
+
+def report_figure_dir(out: Optional[str], figure_dir: Optional[str], no_figures: bool) -> Optional[str]:
+    """The tools' figure folder: ``figure_dir``, else ``REPORT_figures/`` beside the ``out`` JSON; None
+    with ``no_figures`` or when there is neither."""
+    if no_figures:
+        return None
+    if figure_dir is None and out:
+        return os.path.splitext(out)[0] + '_figures'
+    return figure_dir
+
+
+def write_report(report: dict, path: str) -> str:
+    """Write ``report`` as JSON to ``path`` atomically (NaN refused); returns the absolute path."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomically(path, lambda f: json.dump(report, f, indent=1, allow_nan=False), text=True)
+    return path
 
 
 def format_markdown(report: dict) -> str:

@@ -26,7 +26,7 @@ from ..dump import load_offset_dump
 from .attention_points import (AttentionInputError, QueryPoints, attention_layer_names, check_pixel,
                                detection_points, level_colours, linked_detections, pixel_points, to_display,
                                weight_areas)
-from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure
+from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure, panel_grid
 from .image import load_image
 
 __all__ = ['draw_query_points', 'plot_detection_attention', 'plot_pixel_attention', 'write_attention_figures']
@@ -81,14 +81,6 @@ def draw_query_points(ax, points: QueryPoints, heads=None, levels=None) -> np.nd
     return xy
 
 
-def _grid(fig: Figure, count: int, columns: int):
-    rows = math.ceil(count / columns)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.ravel()[count:]:
-        ax.set_visible(False)
-    return list(axes.ravel()[:count])
-
-
 def _layout(rows: int, columns: int, width: float, dpi: float) -> Figure:
     return new_figure(width, min(width / columns * rows + 1.1, 11.0), dpi)
 
@@ -137,7 +129,7 @@ def plot_detection_attention(dump, image: Optional[np.ndarray] = None, detection
     panels = [(d, name) for d in chosen for name in names]
     columns = min(len(chosen), PANELS_PER_ROW) if len(names) == 1 else len(names)
     fig = _layout(math.ceil(len(panels) / columns), columns, width, dpi)
-    axes = _grid(fig, len(panels), columns)
+    axes = panel_grid(fig, len(panels), columns)
     for ax, (d, name) in zip(axes, panels):
         points = detection_points(dump, name, d)
         _background(ax, dump.meta, image)
@@ -190,7 +182,7 @@ def plot_pixel_attention(dump, pixels: Sequence[Tuple[float, float]], image: Opt
     panels = [(k, name) for k in range(len(pixels)) for name in names]
     columns = min(len(pixels), PANELS_PER_ROW) if len(names) == 1 else len(names)
     fig = _layout(math.ceil(len(panels) / columns), columns, width, dpi)
-    axes = _grid(fig, len(panels), columns)
+    axes = panel_grid(fig, len(panels), columns)
     for ax, (k, name) in zip(axes, panels):
         points = pixel_points(dump, name, pixels[k], query_level)
         _background(ax, dump.meta, image)

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .attention_points import level_colours
-from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure
+from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure, panel_grid
 from .render import save_figure
 from .report_figures import REGION_COLOURS, fmt_p, fmt_signed, grouped_bars, images_text, log_axis
 
@@ -60,8 +60,7 @@ def plot_spread_vs_size(report: dict, rows: Dict[str, Dict[str, np.ndarray]], no
     columns = min(columns, max(1, len(layers)))
     grid = math.ceil(len(layers) / columns)
     fig = new_figure(width, 0.4 + 1.7 * grid, dpi)
-    axes = fig.subplots(grid, columns, squeeze=False)
-    for ax, name in zip(axes.flat, layers):
+    for ax, name in zip(panel_grid(fig, len(layers), columns), layers):
         measure = report['layers'][name]['pooled'][key]
         if measure is None:
             ax.set_title(f'{short_attention_name(name)}: 2-d reference points', fontsize=6)
@@ -77,8 +76,6 @@ def plot_spread_vs_size(report: dict, rows: Dict[str, Dict[str, np.ndarray]], no
                      f'Holm p: grows {fmt_p(holm["p_greater_holm"][name])}, '
                      f'shrinks {fmt_p(holm["p_less_holm"][name])}', fontsize=6)
         ax.tick_params(labelsize=5.5)
-    for ax in axes.flat[len(layers):]:
-        ax.set_visible(False)
     fig.supxlabel("sqrt(area) of the matched object's box (original-image px)", fontsize=7)
     fig.supylabel(_LABELS[key], fontsize=7)
     what = 'Normalised spread' if normalised else 'Spread'

@@ -47,6 +47,14 @@ def new_figure(width: float, height: float, dpi: float) -> Figure:
     return fig
 
 
+def panel_grid(fig: Figure, count: int, columns: int) -> list:
+    """``count`` axes on a grid of ``columns`` columns (row-major); the grid's unused cells are hidden."""
+    axes = fig.subplots(math.ceil(count / columns), columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return list(axes[:count])
+
+
 def _reserve_bottom(fig: Figure, fraction: float) -> None:
     """Keep the bottom ``fraction`` of the figure free of axes (for keys placed in figure coords)."""
     engine = fig.get_layout_engine() if hasattr(fig, 'get_layout_engine') else None

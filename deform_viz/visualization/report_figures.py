@@ -11,7 +11,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..analysis.annotations import SIZE_CLASSES
-from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure
+from .figures import DEFAULT_DPI, PAPER_WIDTH, STYLE, new_figure, panel_grid
 from .render import save_figure
 
 REGION_COLOURS = {'small': '#4477aa', 'medium': '#66ccee', 'large': '#228833', 'background': '#bbbbbb'}
@@ -81,8 +81,7 @@ def plot_extent_vs_size(report: dict, boxes: Dict[str, Dict[str, np.ndarray]], w
     columns = min(columns, max(1, len(layers)))
     rows = math.ceil(len(layers) / columns)
     fig = new_figure(width, 0.3 + 1.55 * rows, dpi)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax, name in zip(axes.flat, layers):
+    for ax, name in zip(panel_grid(fig, len(layers), columns), layers):
         ext = report['layers'][name]['extent_vs_size']
         size, radius = boxes[name]['sqrt_area_network'], boxes[name]['radius_centre']
         ax.scatter(size, radius, s=4, color=REGION_COLOURS['small'], alpha=0.6, linewidths=0)
@@ -93,8 +92,6 @@ def plot_extent_vs_size(report: dict, boxes: Dict[str, Dict[str, np.ndarray]], w
                      f'n {centre["count"]})\nbox max ρ {fmt_signed(largest["rho"])}, '
                      f'null {fmt_signed(largest["null_rho"])} (p {fmt_p(largest["p_value"])})', fontsize=5.2)
         ax.tick_params(labelsize=5.5)
-    for ax in axes.flat[len(layers):]:
-        ax.set_visible(False)
     fig.supxlabel('sqrt(box area) (network-input px)', fontsize=7)
     fig.supylabel('d_k radius at box centre (px)', fontsize=7)
     fig.suptitle(f'd_k extent vs object size · {images_text(report)}')
